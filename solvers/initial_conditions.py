@@ -16,10 +16,12 @@ __all__ = ["gaussian_random_field", "band_limited", "taylor_green", "taylor_gree
 
 def gaussian_random_field(grid: Grid, batch: int = 1, alpha: float = 2.5, tau: float = 7.0,
                           generator: torch.Generator | None = None) -> torch.Tensor:
-    """FNO's Gaussian random field (Li et al. 2021): covariance ``s^2 (|k|^2 + tau^2)^-alpha``.
+    """FNO's Gaussian random field (Li et al. 2021), E1's initial condition.
 
-    ``s = tau^(alpha - 1)``, ``|k|`` angular wavenumbers (``2 pi k`` on the unit box, as in E1), zero
-    mean mode; complex white noise on the full FFT grid, real part of its inverse transform.
+    Per-mode power ``E|w_hat_k|^2 = 2 tau^(2 alpha - 2) (|k|^2 + tau^2)^-alpha`` with ``|k|`` the
+    angular wavenumber (``2 pi k`` on the unit box) and a zero mean mode: complex white noise on the
+    full FFT grid scaled by ``sqrt(2) tau^(alpha - 1) (|k|^2 + tau^2)^(-alpha/2)``, real part of the
+    inverse transform, exactly as FNO's data generator.
     """
     kx = torch.fft.fftfreq(grid.n, d=grid.dx, dtype=torch.float64) * 2 * math.pi
     k2 = kx[:, None] ** 2 + kx[None, :] ** 2
