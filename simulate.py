@@ -1,3 +1,223 @@
-"""Placeholder, replaced below in this issue."""
-def main():
-    raise SystemExit("not yet")
+"""Run the 2D Navier-Stokes solver with a plug-in: one trajectory or an ensemble -> HDF5 + figures.
+
+    python simulate.py --closure none                       # configs/default.yaml, seconds on a CPU
+    python simulate.py --config configs/kolmogorov_les64.yaml --closure smagorinsky --t-end 20
+    python simulate.py --config configs/e1_coarse64.yaml --init truth64.h5 --init-frame 60 \\
+        --ensemble 100 --reference truth64.h5       # E1 a-posteriori: t = 30 -> 50, 100 members
+
+Writes <out> (HDF5, layout in solvers/io.py), the resolved config <stem>.yaml and figures
+<stem>_*.png. Exit codes: 0 done, 2 bad input (message on stderr), 3 the run blew up (the file
+holds the frames so far and the last good state, status "blew_up").
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import closure
+from solvers import diagnostics
+from solvers.config import RunConfig, config_to_yaml, load_config, parse_overrides, resolve
+from solvers.io import TrajectoryWriter
+from solvers.rollout import BlowUpError, rollout
+from solvers.setup import Flow, Reference, build_flow, run_length
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+EXIT_BAD_INPUT, EXIT_BLOW_UP = 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (every flag overrides the config file)."""
+    intro, examples, outputs = __doc__.split("\n\n")[:3]
+    p = argparse.ArgumentParser(prog="simulate.py", description=intro,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"examples:\n{examples}\n\n{outputs}\n"
+                                       "Precedence: config file < --set < the flags above.")
+    p.add_argument("--config", metavar="FILE", help=f"YAML run config (default: {DEFAULT_CONFIG.name}, the "
+                   "Kolmogorov 64^2 LES flow for 5 time units); see configs/")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set",
+                   help="override a config key, value read as YAML; repeatable (--set flow.nu=1e-3 "
+                        "--set flow.noise=null)")
+    p.add_argument("--closure", metavar="NAME", help=f"plug-in to run; one of: {', '.join(closure.available())}")
+    p.add_argument("--ensemble", metavar="M", type=int, help="number of members, run as one batch; random "
+                   "initial states are M independent draws, a one-member --init file is copied to all M")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", metavar="K", type=int, help="number of solver steps")
+    length.add_argument("--t-end", metavar="T", type=float, dest="t_end",
+                        help="end time (absolute: a run from an --init frame at t0 runs to T)")
+    p.add_argument("--every", metavar="N", type=int, help="call the plug-in every N steps (default: the "
+                   "plug-in's default_every)")
+    p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=["float32", "float64"], help="floating-point precision of the solver")
+    p.add_argument("--seed", type=int, help="seed for the initial states, noise and plug-in sampling")
+    p.add_argument("--init", metavar="FILE", help="initial vorticity: .npy (x, y) or (member, x, y), or a "
+                   "project .h5 trajectory (the run then starts at that frame's time)")
+    p.add_argument("--init-frame", metavar="I", type=int, help="frame of an --init .h5 file (default -1, the last)")
+    p.add_argument("--out", metavar="FILE", help="output .h5 (default runs/<closure>-<timestamp>.h5); "
+                   "the resolved config goes to <stem>.yaml and figures to <stem>_*.png")
+    p.add_argument("--reference", metavar="FILE", help="project .h5 trajectory to compare with at matching "
+                   "times (within dt/2), coarse-grained if finer; prints and stores rel_l2, "
+                   "ens_mean_rel_l2 and spread under metrics/")
+    p.add_argument("--checkpoint", metavar="FILE", help="model file, passed to plug-ins that take a "
+                   "'checkpoint' option")
+    p.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, tables or log messages")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Config file, then ``--set`` overrides, then the explicit flags."""
+    overrides = parse_overrides(args.set)
+    flags = {"closure.name": args.closure, "ensemble": args.ensemble, "closure.every": args.every,
+             "device": args.device, "dtype": args.dtype, "seed": args.seed, "out": args.out,
+             "steps": args.steps, "t_end": args.t_end, "closure.options.checkpoint": args.checkpoint}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    if args.init_frame is not None and args.init is None:
+        raise ValueError("--init-frame needs --init FILE")
+    if args.init is not None:
+        frame = -1 if args.init_frame is None else args.init_frame
+        overrides["flow.init"] = {"kind": "file", "params": {"path": args.init, "frame": frame}}
+    return load_config(args.config or DEFAULT_CONFIG, overrides)
+
+
+def make_plugin(cfg: RunConfig, flow: Flow):
+    """The configured plug-in and its period (``closure.every`` or the plug-in's ``default_every``)."""
+    cls = closure.plugin_class(cfg.closure.name)
+    accepted = inspect.signature(cls.__init__).parameters
+    if "checkpoint" in cfg.closure.options and "checkpoint" not in accepted:
+        raise ValueError(f"closure {cfg.closure.name!r} takes no checkpoint; drop --checkpoint or choose a "
+                         f"learned closure")
+    plugin = closure.make_plugin(cfg.closure.name, flow.grid, flow.equation, **cfg.closure.options)
+    return plugin, cfg.closure.every or cls.default_every
+
+
+def _check_device(device: str) -> None:
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+
+
+class Recorder:
+    """``on_record`` callback: streams frames and energy / enstrophy, compares with a reference."""
+
+    def __init__(self, writer: TrajectoryWriter, flow: Flow, reference: Reference | None) -> None:
+        self.writer, self.grid, self.reference = writer, flow.grid, reference
+        self.metrics: dict[str, list[float]] = {"time": [], "rel_l2": [], "ens_mean_rel_l2": [], "spread": []}
+
+    def __call__(self, t: float, w: torch.Tensor) -> None:
+        scalars = {"energy": diagnostics.energy(w, self.grid).cpu().numpy(),
+                   "enstrophy": diagnostics.enstrophy(w, self.grid).cpu().numpy()}
+        self.writer.append(t, w.detach().cpu().numpy(), scalars)
+        truth = self.reference.truth(t) if self.reference is not None else None
+        if truth is not None:
+            w64, truth = w.to(torch.float64), truth.to(torch.float64)
+            values = (t, diagnostics.rel_l2(w64, truth), diagnostics.ens_mean_rel_l2(w64, truth.mean(dim=0)),
+                      diagnostics.spread(w64))
+            for name, value in zip(self.metrics, values):
+                self.metrics[name].append(float(value))
+
+
+def prepare(args: argparse.Namespace):
+    """Everything that can fail on bad input, before any output is written."""
+    cfg = resolve(config_from_args(args))
+    _check_device(cfg.device)
+    closure.plugin_class(cfg.closure.name)  # unknown name -> error listing the choices
+    flow = build_flow(cfg.flow, cfg.ensemble, cfg.device, cfg.dtype, cfg.seed, align=cfg.record_dt)
+    t0 = flow.t0 if cfg.t0 is None else cfg.t0
+    steps, record_every = run_length(cfg, flow.dt, t0)
+    plugin, every = make_plugin(cfg, flow)
+    out = Path(cfg.out or f"runs/{cfg.closure.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5")
+    cfg = resolve(cfg, flow__dt=flow.dt, t0=t0, closure__every=every, out=str(out))
+    reference = Reference(args.reference, flow.grid, cfg.ensemble, flow.dt / 2, cfg.flow.coarse_grain) if args.reference else None
+    return cfg, flow, plugin, steps, record_every, reference
+
+
+def run(args: argparse.Namespace, prepared: tuple) -> int:
+    """Roll out what :func:`prepare` built and write the outputs; returns the exit code."""
+    cfg, flow, plugin, steps, record_every, reference = prepared
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".yaml").write_text(config_to_yaml(cfg))
+    attrs = dict(config=config_to_yaml(cfg), grid_n=flow.grid.n, grid_length=flow.grid.length, dt=flow.dt,
+                 t0=cfg.t0, closure=cfg.closure.name, members=cfg.ensemble)
+    status, message, start = "complete", "", time.perf_counter()
+    with TrajectoryWriter(out, cfg.ensemble, flow.grid.n, attrs) as writer:
+        recorder = Recorder(writer, flow, reference)
+        generator = torch.Generator(device=flow.grid.device).manual_seed(cfg.seed + 1)
+        try:
+            result = rollout(flow.w0, flow.equation, flow.dt, steps, stepper=cfg.flow.stepper, plugin=plugin,
+                             every=cfg.closure.every, noise=flow.noise, generator=generator, t0=cfg.t0,
+                             record_every=record_every, on_record=recorder, cfl_limit=cfg.cfl_limit,
+                             progress=not args.quiet)
+        except BlowUpError as err:
+            if writer.last_time is None or err.last_good_t > writer.last_time + flow.dt / 2:
+                recorder(err.last_good_t, err.last_good)
+            result, status, message = err.result, "blew_up", str(err)
+        if reference is not None:
+            writer.write_group("metrics", **{k: np.asarray(v) for k, v in recorder.metrics.items()})
+        writer.close(status, message)
+    wall = time.perf_counter() - start
+    figures = [] if args.no_figures else _figures(out)
+    if not args.quiet:
+        _print_metrics(recorder.metrics, reference)
+        _print_summary(cfg, flow, result, wall, out, figures)
+    if status == "blew_up":
+        print(f"error: the run blew up: {message}.\nThe frames so far and the last good state are in {out} "
+              f"(status 'blew_up'); reduce dt (flow.dt / flow.cfl) or check the closure.", file=sys.stderr)
+        return EXIT_BLOW_UP
+    return 0
+
+
+def _figures(out: Path) -> list[Path]:
+    from solvers.figures import plot_run
+
+    return plot_run(out, out.with_suffix(""))
+
+
+def _print_metrics(metrics: dict[str, list[float]], reference: Reference | None) -> None:
+    if reference is None:
+        return
+    if not metrics["time"]:
+        print(f"note: no frame of {reference.path} lies within dt/2 of a recorded time; nothing compared")
+        return
+    grids = f"{reference.n}^2 coarse-grained to {reference.grid.n}^2" if reference.n > reference.grid.n else "same grid"
+    print(f"\ncomparison with {reference.path} ({grids})")
+    print(f"{'t':>10} {'rel_l2':>12} {'ens_mean_rel_l2':>16} {'spread':>12}")
+    for t, a, b, c in zip(*metrics.values()):
+        print(f"{t:10.4g} {a:12.4e} {b:16.4e} {c:12.4e}")
+
+
+def _print_summary(cfg: RunConfig, flow: Flow, result, wall: float, out: Path, figures: list[Path]) -> None:
+    w = result.w
+    rows = [("closure", f"{cfg.closure.name} (every {cfg.closure.every})"),
+            ("flow", f"{cfg.flow.name}: {flow.grid.n}^2, dt={flow.dt:.4g}, {cfg.flow.stepper}, {cfg.device} {cfg.dtype}"),
+            ("ensemble", str(cfg.ensemble)),
+            ("steps", f"{result.steps} (t {cfg.t0:.4g} -> {result.t:.4g})"),
+            ("wall time", f"{wall:.2f} s ({result.steps / max(wall, 1e-9):.1f} steps/s)"),
+            ("final energy", f"{diagnostics.energy(w, flow.grid).mean():.6g} (member mean)"),
+            ("final enstrophy", f"{diagnostics.enstrophy(w, flow.grid).mean():.6g} (member mean)"),
+            ("output", f"{out} (+ {out.with_suffix('.yaml').name}, {len(figures)} figures)")]
+    print()
+    for name, value in rows:
+        print(f"{name:>16}  {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 bad input, 3 blow-up)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        prepared = prepare(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run(args, prepared)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,5 +6,6 @@ builds one and ``available()`` lists them.
 from .base import FlowState, Plugin
 from .registry import available, make_plugin, plugin_class, register
 from . import none  # noqa: F401  (registers "none")
+from . import classical  # noqa: F401
 
 __all__ = ["FlowState", "Plugin", "available", "make_plugin", "plugin_class", "register"]

@@ -119,7 +119,7 @@ class Grid:
         if tuple(field.shape[-2:]) != self.shape:
             raise ValueError(
                 f"{name} has spatial shape {tuple(field.shape[-2:])} but the grid is {self.shape}; "
-                f"regrid it (solvers.filters.coarse_grain / spectral interpolation) or set grid n={field.shape[-1]}"
+                f"regrid it (solvers.filters.coarse_grain / spectral_interpolate) or run on that grid (simulate.py: --set flow.n={field.shape[-1]})"
             )
         if not torch.isfinite(field).all():
             raise ValueError(f"{name} contains NaN or Inf values; check the file or the run that produced it")

@@ -1,0 +1,311 @@
+"""Run configurations: YAML files read into frozen dataclasses, dotted overrides, YAML out.
+
+A file holds one :class:`RunConfig` (see ``configs/*.yaml`` for commented examples)::
+
+    flow: {name, n, length, nu, drag, forcing, noise, init, dt, cfl, max_velocity, stepper, ...}
+    closure: {name, every, options}
+    ensemble, steps | t_end, t0, record_every | record_dt, seed, device, dtype, cfl_limit, out
+
+Every key is checked: an unknown one is a ``ValueError`` naming it and the valid keys. Overrides are
+``"dotted.key=value"`` strings whose value is read as YAML (``--set flow.nu=1e-3``,
+``--set flow.noise=null``, ``--set "flow.init={kind: taylor_green, params: {}}"``). Free-form
+``params`` / ``options`` mappings are passed to the named builder, which checks them.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from .grid import parse_length
+from .stepping import STEPPERS
+
+__all__ = [
+    "ForcingConfig", "NoiseConfig", "InitConfig", "FlowConfig", "ClosureConfig", "RunConfig",
+    "load_config", "parse_overrides", "apply_overrides", "resolve",
+    "config_from_dict", "config_to_dict", "config_to_yaml", "config_from_yaml",
+]
+
+FORCINGS = ("kolmogorov", "fno", "none")
+INITS = ("grf", "band_limited", "taylor_green", "file")
+DTYPES = ("float32", "float64")
+_EXCLUSIVE = (("steps", "t_end"), ("record_every", "record_dt"))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ForcingConfig:
+    """Deterministic forcing: ``kind`` with keyword ``params`` for :func:`solvers.forcing.make_forcing`."""
+
+    kind: str = "none"
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.kind in FORCINGS, f"unknown flow.forcing.kind {self.kind!r}; choose one of {list(FORCINGS)}")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Additive Q-Wiener noise (:class:`solvers.forcing.QWienerNoise`)."""
+
+    alpha: float = 0.005
+    kappa: int = 10
+    sigma: float = 5e-5
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Initial vorticity: a generator from :mod:`solvers.initial_conditions` or ``file`` (``path``, ``frame``)."""
+
+    kind: str = "grf"
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.kind in INITS, f"unknown flow.init.kind {self.kind!r}; choose one of {list(INITS)}")
+        if self.kind == "file":
+            _check("path" in self.params, "flow.init.kind 'file' needs params.path (or use --init FILE)")
+
+
+COARSE_GRAININGS = ("subsample", "gaussian", "sharp", "box", "none")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Physics and grid of one flow; ``dt: null`` means a CFL time step from the initial state."""
+
+    name: str = "flow"
+    n: int = 64
+    length: float | str = 1.0
+    nu: float = 1e-3
+    drag: float = 0.0
+    forcing: ForcingConfig = field(default_factory=ForcingConfig)
+    noise: NoiseConfig | None = None
+    init: InitConfig = field(default_factory=InitConfig)
+    dt: float | None = None
+    cfl: float = 0.5
+    max_velocity: float | None = None
+    stepper: str = "cn_rk4"
+    dealias: bool = True
+    convection: bool = True
+    coarse_grain: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        parse_length(self.length)
+        _check(self.coarse_grain in COARSE_GRAININGS,
+               f"unknown flow.coarse_grain {self.coarse_grain!r}; choose one of {list(COARSE_GRAININGS)}")
+        _check(self.n >= 4 and self.n % 2 == 0, f"flow.n must be an even integer >= 4, got {self.n}")
+        _check(self.nu >= 0 and self.drag >= 0, f"flow.nu and flow.drag must be >= 0, got {self.nu}, {self.drag}")
+        _check(self.dt is None or self.dt > 0, f"flow.dt must be positive or null (CFL), got {self.dt}")
+        _check(self.cfl > 0, f"flow.cfl must be positive, got {self.cfl}")
+        _check(self.stepper in STEPPERS, f"unknown flow.stepper {self.stepper!r}; choose one of {sorted(STEPPERS)}")
+
+
+@dataclass(frozen=True)
+class ClosureConfig:
+    """Plug-in by registry name; ``every: null`` means the plug-in's ``default_every``."""
+
+    name: str = "none"
+    every: int | None = None
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.every is None or self.every >= 1, f"closure.every must be >= 1 or null, got {self.every}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: a flow, a plug-in, the ensemble size, run length, recording and numerics."""
+
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    closure: ClosureConfig = field(default_factory=ClosureConfig)
+    ensemble: int = 1
+    steps: int | None = None
+    t_end: float | None = None
+    t0: float | None = None
+    record_every: int | None = None
+    record_dt: float | None = None
+    seed: int = 0
+    device: str | None = None
+    dtype: str = "float32"
+    cfl_limit: float | None = 2.0
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.ensemble >= 1, f"ensemble must be >= 1, got {self.ensemble}")
+        _check(self.steps is None or self.t_end is None,
+               f"give either steps ({self.steps}) or t_end ({self.t_end}), not both; set the other to null")
+        _check(self.steps is None or self.steps >= 0, f"steps must be >= 0, got {self.steps}")
+        _check(self.record_every is None or self.record_dt is None,
+               "give either record_every (steps) or record_dt (time), not both; set the other to null")
+        _check(self.record_every is None or self.record_every >= 1, f"record_every must be >= 1, got {self.record_every}")
+        _check(self.record_dt is None or self.record_dt > 0, f"record_dt must be positive, got {self.record_dt}")
+        _check(self.dtype in DTYPES, f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def _coerce_scalar(kind: type, value: Any, key: str) -> Any:
+    """``value`` as ``kind`` (YAML reads ``1e-3`` as a string, so numbers in strings are accepted)."""
+    if kind is bool:
+        _check(isinstance(value, bool), f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if kind is str:
+        _check(isinstance(value, str), f"config key {key!r} must be a string, got {value!r}")
+        return value
+    if kind is dict:
+        _check(isinstance(value, Mapping), f"config key {key!r} must be a mapping, got {value!r}")
+        return copy.deepcopy(dict(value))
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    _check(number is not None, f"config key {key!r} must be a number, got {value!r}")
+    if kind is int:
+        _check(number.is_integer(), f"config key {key!r} must be an integer, got {value!r}")
+        return int(number)
+    return number
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check / convert ``value`` against the type hint ``hint`` of config key ``key``."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None:
+            _check(type(None) in args, f"config key {key!r} cannot be null")
+            return None
+        options = [a for a in args if a is not type(None)]
+        if float in options and str in options:  # a length: number or "2pi"
+            parse_length(value)
+            return value if isinstance(value, str) else float(value)
+        hint = options[0]
+    _check(value is not None, f"config key {key!r} cannot be null")
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    return _coerce_scalar(hint, value, key)
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    """Construct dataclass ``cls`` from a mapping; unknown keys are an error naming them."""
+    where = prefix.rstrip(".") or "the top level"
+    _check(isinstance(data, Mapping), f"config section {where!r} must be a mapping, got {data!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ValueError(f"unknown config key {prefix + str(unknown[0])!r}; valid keys in {where}: {names}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(hints[k], v, prefix + k) for k, v in data.items()})
+
+
+def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from a nested mapping; missing keys take their defaults."""
+    return _build(RunConfig, data or {})
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Nested plain-dict form of ``cfg`` (YAML-serialisable; :func:`config_from_dict` inverts it)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    """``cfg`` as a YAML document."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def config_from_yaml(text: str, source: str = "<string>") -> RunConfig:
+    """Parse a YAML document into a :class:`RunConfig`; ``source`` names it in errors."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{source} is not valid YAML: {err}") from err
+    try:
+        return config_from_dict(data or {})
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# overrides and loading
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["flow.nu=1e-3", ...]`` -> ``{"flow.nu": 0.001, ...}``; values are read as YAML."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form key=value (e.g. flow.nu=1e-3)")
+        try:
+            parsed[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ValueError(f"cannot read the value of override {item!r} as YAML: {err}") from err
+    return parsed
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ValueError(f"cannot set {key!r}: {'.'.join(parts[:i + 1])!r} is {child!r}, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(cfg: RunConfig | Mapping[str, Any], overrides: Mapping[str, Any]) -> RunConfig:
+    """``cfg`` with every ``{"dotted.key": value}`` replaced, re-validated; setting ``steps`` clears
+    ``t_end`` (and ``record_every`` clears ``record_dt``) unless both are given, and vice versa."""
+    data = config_to_dict(cfg) if isinstance(cfg, RunConfig) else copy.deepcopy(dict(cfg))
+    for key, value in overrides.items():
+        _set_dotted(data, key, value)
+    for pair in _EXCLUSIVE:  # setting one of a pair clears the other unless both are given
+        for key, other in (pair, pair[::-1]):
+            if overrides.get(key) is not None and other not in overrides:
+                data[other] = None
+    return config_from_dict(data)
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> RunConfig:
+    """Read a YAML config (``None``: all defaults) and apply dotted overrides (strings or a mapping)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {path} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    try:
+        return apply_overrides(data, overrides)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}" if path else str(err)) from err
+
+
+def resolve(cfg: RunConfig, **values: Any) -> RunConfig:
+    """``cfg`` with run-time values filled in: ``device`` (``null`` -> cuda if available, else cpu)
+    and any ``"dotted.key"`` given as keyword with ``__`` for dots (``flow__dt=0.01``)."""
+    changes = {k.replace("__", "."): v for k, v in values.items()}
+    if cfg.device is None and "device" not in changes:
+        import torch
+
+        changes["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return apply_overrides(cfg, changes) if changes else cfg
