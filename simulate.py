@@ -8,10 +8,16 @@
 Writes <out> (HDF5, layout in solvers/io.py), the resolved config <stem>.yaml and figures
 <stem>_*.png. Exit codes: 0 done, 2 bad input (message on stderr), 3 the run blew up (the file
 holds the frames so far and the last good state, status "blew_up").
+
+Multi-process: `torchrun --nproc-per-node K simulate.py --ensemble M ...` gives every process a
+block of members (solvers.parallel.shard); frames are gathered at each record and rank 0 writes the
+one file, figures and tables. Member i's initial state and noise come from its own random stream, so
+the file matches the single-process one to round-off (the FFT's rounding depends on the batch size).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import logging
 import sys
@@ -22,7 +28,7 @@ import numpy as np
 import torch
 
 import closure
-from solvers import diagnostics
+from solvers import diagnostics, parallel
 from solvers.config import RunConfig, config_to_yaml, load_config, parse_overrides, resolve
 from solvers.io import TrajectoryWriter
 from solvers.rollout import BlowUpError, rollout
@@ -102,6 +108,36 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
 
 
+class GatheredRecords:
+    """``on_record`` of a sharded ensemble: gathers every process's members (rank order = member
+    order), and rank 0 hands the whole frame ``(ensemble, n, n)`` to ``recorder``."""
+
+    def __init__(self, recorder: "Recorder | None", ensemble: int) -> None:
+        self.recorder, self.ensemble, self.last_time = recorder, ensemble, None
+
+    def __call__(self, t: float, w: torch.Tensor) -> None:
+        full = parallel.gather_rows(w, self.ensemble)
+        self.last_time = t
+        if self.recorder is not None:
+            self.recorder(t, full)
+
+
+def _agreement(device: torch.device):
+    """``rollout(agree=...)`` for a sharded ensemble: a blow-up on any process stops all of them."""
+    if not parallel.is_distributed():
+        return None
+    import torch.distributed as dist
+
+    def agree(problem: str | None) -> str | None:
+        flag = torch.tensor([0 if problem is None else parallel.rank() + 1], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if problem is None and int(flag) > 0:
+            problem = f"the members on rank {int(flag) - 1} blew up"
+        return problem
+
+    return agree
+
+
 class Recorder:
     """``on_record`` callback: streams frames and energy / enstrophy, compares with a reference."""
 
@@ -127,7 +163,13 @@ def prepare(args: argparse.Namespace):
     cfg = resolve(config_from_args(args))
     _check_device(cfg.device)
     closure.plugin_class(cfg.closure.name)  # unknown name -> error listing the choices
-    flow = build_flow(cfg.flow, cfg.ensemble, cfg.device, cfg.dtype, cfg.seed, align=cfg.record_dt)
+    parallel.init(cfg.device)
+    if parallel.world_size() > cfg.ensemble:
+        raise ValueError(f"{parallel.world_size()} processes for an ensemble of {cfg.ensemble}; use --ensemble "
+                         f">= the number of processes (torchrun --nproc-per-node)")
+    device = str(parallel.local_device(cfg.device))
+    flow = build_flow(cfg.flow, cfg.ensemble, device, cfg.dtype, cfg.seed, align=cfg.record_dt,
+                      members=parallel.shard(cfg.ensemble))
     t0 = flow.t0 if cfg.t0 is None else cfg.t0
     steps, record_every = run_length(cfg, flow.dt, t0)
     plugin, every = make_plugin(cfg, flow)
@@ -140,27 +182,33 @@ def prepare(args: argparse.Namespace):
 def run(args: argparse.Namespace, prepared: tuple) -> int:
     """Roll out what :func:`prepare` built and write the outputs; returns the exit code."""
     cfg, flow, plugin, steps, record_every, reference = prepared
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".yaml").write_text(config_to_yaml(cfg))
+    out, main = Path(cfg.out), parallel.is_main()
+    if main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".yaml").write_text(config_to_yaml(cfg))
     attrs = dict(config=config_to_yaml(cfg), grid_n=flow.grid.n, grid_length=flow.grid.length, dt=flow.dt,
                  t0=cfg.t0, closure=cfg.closure.name, members=cfg.ensemble)
     status, message, start = "complete", "", time.perf_counter()
-    with TrajectoryWriter(out, cfg.ensemble, flow.grid.n, attrs) as writer:
-        recorder = Recorder(writer, flow, reference)
-        generator = torch.Generator(device=flow.grid.device).manual_seed(cfg.seed + 1)
+    opened = TrajectoryWriter(out, cfg.ensemble, flow.grid.n, attrs) if main else contextlib.nullcontext()
+    with opened as writer:
+        recorder = Recorder(writer, flow, reference) if main else None
+        on_record = GatheredRecords(recorder, cfg.ensemble)
         try:
             result = rollout(flow.w0, flow.equation, flow.dt, steps, stepper=cfg.flow.stepper, plugin=plugin,
-                             every=cfg.closure.every, noise=flow.noise, generator=generator, t0=cfg.t0,
-                             record_every=record_every, on_record=recorder, cfl_limit=cfg.cfl_limit,
-                             progress=not args.quiet)
+                             every=cfg.closure.every, noise=flow.noise, generator=flow.generator, t0=cfg.t0,
+                             record_every=record_every, on_record=on_record, cfl_limit=cfg.cfl_limit,
+                             progress=not args.quiet and main, agree=_agreement(flow.grid.device))
         except BlowUpError as err:
-            if writer.last_time is None or err.last_good_t > writer.last_time + flow.dt / 2:
-                recorder(err.last_good_t, err.last_good)
+            if on_record.last_time is None or err.last_good_t > on_record.last_time + flow.dt / 2:
+                on_record(err.last_good_t, err.last_good)
             result, status, message = err.result, "blew_up", str(err)
-        if reference is not None:
+        result.w = parallel.gather_rows(result.w, cfg.ensemble)
+        if main and reference is not None:
             writer.write_group("metrics", **{k: np.asarray(v) for k, v in recorder.metrics.items()})
-        writer.close(status, message)
+        if main:
+            writer.close(status, message)
+    if not main:
+        return EXIT_BLOW_UP if status == "blew_up" else 0
     wall = time.perf_counter() - start
     figures = [] if args.no_figures else _figures(out)
     if not args.quiet:
@@ -212,11 +260,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
-        prepared = prepare(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return run(args, prepared)
+        try:
+            prepared = prepare(args)
+        except (ValueError, FileNotFoundError) as err:
+            if parallel.is_main():
+                print(f"error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if not parallel.is_main():
+            logging.getLogger().setLevel(logging.WARNING)
+        return run(args, prepared)
+    finally:
+        if parallel.is_distributed():
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

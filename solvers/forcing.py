@@ -74,9 +74,51 @@ class QWienerNoise:
         # A coefficient c_k with Re, Im ~ N(0, s^2/2) gives a real field with per-mode variance s^2 / L^2.
         self.amplitude = torch.where(band, torch.exp(-0.5 * alpha * grid.k2), torch.zeros_like(grid.k2))
         self.amplitude = self.amplitude * doubled / grid.length
+        self.band_index, self._band_keep = self._band_layout()
+        self._band_amplitude = self.amplitude.flatten()[self.band_index]
 
-    def increment(self, batch: int, dt: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``sigma dW`` over one step, spectral ``(batch, n, n//2+1)`` complex."""
+    def _band_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the ``(2 kappa + 1, kappa + 1)`` block of integer modes ``(k_x, k_y)``, ``|k_x| <= kappa``,
+        ``0 <= k_y <= kappa``, lies in the flattened rfft layout, and which of its entries the grid holds."""
+        n, m = self.grid.spectral_shape
+        kx = torch.arange(-self.kappa, self.kappa + 1)[:, None].expand(-1, self.kappa + 1)
+        ky = torch.arange(self.kappa + 1)[None, :].expand(2 * self.kappa + 1, -1)
+        keep = ((kx.abs() < n / 2) & (ky < n / 2)).flatten()
+        index = ((kx % n) * m + ky).flatten()[keep]
+        return index.to(self.grid.device), keep.to(self.grid.device)
+
+    def band_increment(self, dt: float, generator) -> torch.Tensor:
+        """``sigma dW`` on the noise band only: ``(members, len(band_index))`` complex, the values at
+        :attr:`band_index` of the flattened ``(n, n//2+1)`` layout (zero everywhere else).
+
+        Each member draws its ``(2 kappa + 1, kappa + 1)`` block of integer modes from its own stream of
+        the :class:`~solvers.random.MemberRNG` ``generator``, so its noise is the same whatever its
+        batch, process or grid size (modes the grid cannot hold are dropped). Adding it in place,
+        ``w_hat.view(b, -1)[:, band_index] += band``, touches only the band.
+        """
+        block = generator.randn((2 * self.kappa + 1, self.kappa + 1), self.grid.complex_dtype)
+        values = block.reshape(len(generator), -1)[:, self._band_keep.to(block.device)].to(self.grid.device)
+        return (self.sigma * math.sqrt(dt)) * self._band_amplitude * values
+
+    def scatter(self, band: torch.Tensor) -> torch.Tensor:
+        """Band values ``(batch, len(band_index))`` -> spectral field ``(batch, n, n//2+1)``."""
+        full = torch.zeros((band.shape[0], self.grid.n * (self.grid.n // 2 + 1)), dtype=band.dtype, device=band.device)
+        full[:, self.band_index] = band
+        return full.reshape(band.shape[0], *self.grid.spectral_shape)
+
+    def increment(self, batch: int, dt: float, generator=None) -> torch.Tensor:
+        """``sigma dW`` over one step, spectral ``(batch, n, n//2+1)`` complex.
+
+        ``generator``: a ``torch.Generator`` (or ``None``) draws the whole batch at once; a
+        :class:`~solvers.random.MemberRNG` gives each member its own stream (:meth:`band_increment`).
+        """
+        from .random import MemberRNG
+
+        if isinstance(generator, MemberRNG):
+            if len(generator) != batch:
+                raise ValueError(f"the MemberRNG holds {len(generator)} members but the batch has {batch}; "
+                                 f"build it with one member per batch row")
+            return self.scatter(self.band_increment(dt, generator))
         shape = (batch, *self.grid.spectral_shape)
         xi = torch.randn(shape, generator=generator, dtype=self.grid.complex_dtype, device=self.grid.device)
         return (self.sigma * math.sqrt(dt)) * self.amplitude * xi

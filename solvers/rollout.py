@@ -33,7 +33,9 @@ class FlowState:
     dt: float
     grid: Grid
     equation: object
-    generator: torch.Generator | None = None  # the run's generator: use it for reproducible sampling
+    # The run's generator, for reproducible sampling: a torch.Generator, or a MemberRNG
+    # (solvers.random) whose row i is member i's own stream (use generator.normal_like(w)).
+    generator: object | None = None
 
     @property
     def w_hat(self) -> torch.Tensor:
@@ -93,23 +95,29 @@ def rollout(
     plugin: Plugin | None = None,
     every: int = 1,
     noise=None,
-    generator: torch.Generator | None = None,
+    generator=None,
     t0: float = 0.0,
     record_every: int | None = None,
     on_record: Callable[[float, torch.Tensor], None] | None = None,
     check_every: int = 100,
     cfl_limit: float | None = None,
     progress: bool = False,
+    agree: Callable[[str | None], str | None] | None = None,
 ) -> RolloutResult:
     """Advance ``w0`` ``(batch, x, y)`` by ``steps`` steps of size ``dt``.
 
     Args:
         plugin, every: call ``plugin`` at steps ``0, every, 2 every, ...`` (see module doc).
         noise: optional additive noise with ``increment(batch, dt, generator)`` (Euler-Maruyama).
+        generator: passed unchanged to ``noise`` and to the plug-in (``FlowState.generator``): a
+            ``torch.Generator`` or a :class:`~solvers.random.MemberRNG` (one stream per member).
         record_every: keep a CPU float32 copy of the state every that many steps (and at 0 and the
             end); ``on_record(t, w)`` is called instead of keeping frames when given.
         check_every, cfl_limit: health check period; on failure :class:`BlowUpError` is raised
             carrying the frames so far and the last good state.
+        agree: for an ensemble sharded over processes: maps this process's health verdict (a problem
+            or ``None``) to the verdict of all of them (a collective call at every check), so every
+            process stops at the same step.
     """
     grid = equation.grid
     grid.check_field(w0, "initial state")
@@ -145,6 +153,8 @@ def rollout(
         if is_record or done % check_every == 0 or done == steps:
             w = grid.irfft(w_hat)
             problem = _check(w, grid, dt, cfl_limit)
+            if agree is not None:
+                problem = agree(problem)
             if problem is not None:
                 result.w, result.t, result.steps = last_good, last_good_t, done
                 bar.close()

@@ -1,9 +1,11 @@
 """Turn a :class:`~solvers.config.FlowConfig` into the objects a run needs.
 
 ``build_flow`` returns a :class:`Flow`: grid, equation, optional Q-Wiener noise, the initial
-ensemble ``(member, n, n)``, its start time and the time step. Ensemble members from a random
-generator are *independent* draws (seeded by ``seed``); a file with one member is broadcast to
-every member, a file with as many members as the ensemble is used as is.
+ensemble ``(member, n, n)``, its start time, the time step and the members' noise generator.
+Ensemble members from a random generator are *independent* draws, member ``i`` from its own stream
+(:class:`~solvers.random.MemberRNG`, seeded by ``(seed, i)``), so a member's initial state and noise
+do not depend on the ensemble size, the batch or the ``torchrun`` rank it is simulated on; a file with
+one member is broadcast to every member, a file with as many members as the ensemble is used as is.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .diagnostics import max_velocity
 from .forcing import QWienerNoise, make_forcing
 from .grid import Grid
 from .navier_stokes import NavierStokes2D
+from .random import MemberRNG
 from .stepping import stable_time_step
 
 __all__ = ["Flow", "Reference", "build_flow", "initial_state", "time_step", "run_length", "torch_dtype"]
@@ -34,9 +37,11 @@ class Flow:
     grid: Grid
     equation: NavierStokes2D
     noise: QWienerNoise | None
-    w0: torch.Tensor  # (member, n, n) on the grid's device and dtype
+    w0: torch.Tensor  # (member, n, n) on the grid's device and dtype: the members held here
     t0: float
     dt: float
+    members: range | None = None  # global indices of the rows of w0 (None: all)
+    generator: MemberRNG | None = None  # their noise / plug-in stream, on the grid's device
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -48,10 +53,13 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def build_flow(flow: FlowConfig, ensemble: int = 1, device: str = "cpu", dtype: str = "float32",
-               seed: int = 0, align: float | None = None) -> Flow:
-    """Grid, equation, noise, initial ensemble ``(ensemble, n, n)``, start time and ``dt``.
+               seed: int = 0, align: float | None = None, members: range | None = None) -> Flow:
+    """Grid, equation, noise, initial ensemble ``(len(members), n, n)``, start time, ``dt``, generator.
 
     ``align``: a CFL time step is shortened to divide this interval (e.g. ``record_dt``).
+    ``members``: the block of the ``ensemble`` this process simulates (default: all of it, see
+    :func:`solvers.parallel.shard`); the CFL step is taken over the whole ensemble, so every block
+    gets the same ``dt``.
     """
     grid = Grid(flow.n, flow.length, device=device, dtype=torch_dtype(dtype))
     forcing = make_forcing(grid, flow.forcing.kind, **flow.forcing.params)
@@ -60,25 +68,32 @@ def build_flow(flow: FlowConfig, ensemble: int = 1, device: str = "cpu", dtype: 
     noise = None
     if flow.noise is not None:
         noise = QWienerNoise(grid, flow.noise.alpha, flow.noise.kappa, flow.noise.sigma)
-    w0, t0 = initial_state(flow, grid, ensemble, torch.Generator().manual_seed(seed))
-    return Flow(grid, equation, noise, w0, t0, time_step(flow, grid, w0, align))
+    members = range(ensemble) if members is None else members
+    if len(members) == 0 or members.start < 0 or members.stop > ensemble:
+        raise ValueError(f"members {members} is not a non-empty block of the {ensemble}-member ensemble; "
+                         f"use at least as many members as processes")
+    w0, t0 = initial_state(flow, grid, ensemble, MemberRNG(seed, range(ensemble), "cpu", stream="init"))
+    dt = time_step(flow, grid, w0, align)
+    rows = slice(members.start, members.stop)
+    return Flow(grid, equation, noise, w0[rows].clone(), t0, dt, members, MemberRNG(seed, members, device))
 
 
-def initial_state(flow: FlowConfig, grid: Grid, ensemble: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, float]:
-    """Initial vorticity ``(ensemble, n, n)`` and its time (the file frame's time, else 0)."""
+def initial_state(flow: FlowConfig, grid: Grid, ensemble: int, rng: MemberRNG) -> tuple[torch.Tensor, float]:
+    """Initial vorticity ``(len(rng), n, n)`` of members ``rng.members`` of an ``ensemble`` and its time
+    (the file frame's time, else 0). Member ``i`` is drawn from ``rng``'s stream ``i`` alone."""
     params = dict(flow.init.params)
     kind = flow.init.kind
     if kind == "file":
-        return _from_file(grid, ensemble, params)
+        w0, t0 = _from_file(grid, ensemble, params)
+        return w0[list(rng.members)], t0
     builders = {"grf": ics.gaussian_random_field, "band_limited": ics.band_limited,
                 "taylor_green": ics.taylor_green}
-    kwargs = dict(batch=ensemble) if kind == "taylor_green" else dict(batch=ensemble, generator=generator)
     try:
-        w0 = builders[kind](grid, **kwargs, **params)
+        if kind == "taylor_green":
+            return builders[kind](grid, batch=len(rng), **params), 0.0
+        return torch.cat([builders[kind](grid, batch=1, generator=g, **params) for g in rng.generators]), 0.0
     except TypeError as err:
         raise ValueError(f"bad flow.init.params {params} for init kind {kind!r}: {err}") from err
-    return w0, 0.0
 
 
 def _from_file(grid: Grid, ensemble: int, params: dict) -> tuple[torch.Tensor, float]:

@@ -1,0 +1,299 @@
+"""Evaluate closure plug-ins on a pair dataset: a-priori and a-posteriori (closed loop).
+
+    python train_closure.py evaluate --data data/e1_small.h5 --closure none fno \\
+        --checkpoint fno=runs/fno/best.pt --out runs/eval_e1
+
+- a-priori, on the test split: the plug-in's tendency against the exact closure target:
+  ``mse``, ``rel_l2`` and the Pearson correlation ``corr``;
+- a-posteriori, from each test trajectory's coarse truth at the start of the dataset's reference
+  window: closed-loop rollouts of the coarse model with the plug-in (an ensemble for stochastic
+  plug-ins), compared with the coarse truth at every reference time: ``rel_l2`` (member mean),
+  ``ens_mean_rel_l2``, ``spread``, enstrophy, and the energy spectrum at the last time; the
+  wall-clock cost of the plug-in's calls against the bare solver's.
+
+The pseudo-name ``resolved`` runs the coarse grid with its own resolved convection and no plug-in:
+for E1 ("missing physics") it is the physics baseline a learned closure is measured against.
+Writes ``<out>/evaluation.json``, ``<out>/table.md`` and PNG figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from solvers import diagnostics
+from solvers.config import FlowConfig, _build
+from solvers.pairs import PairData, read_attrs, read_pairs
+from solvers.rollout import rollout
+from solvers.setup import build_flow
+
+from .registry import available, make_plugin
+
+__all__ = ["coarse_flow", "a_priori", "a_posteriori", "evaluate", "markdown_table", "add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+RESOLVED = "resolved"
+
+
+def coarse_flow(attrs: dict) -> tuple[FlowConfig, float]:
+    """The coarse model a closure completes, and its time step, from a pair file's attributes.
+
+    E1: the DNS physics on the coarse grid without convection and without noise (the closure target
+    holds both); E2: the DNS physics on the LES grid. The coarse step keeps the DNS's CFL number.
+    """
+    cfg = yaml.safe_load(attrs["config"])
+    dns = _build(FlowConfig, cfg["dns"], "dns.")
+    n_coarse, n_fine = int(attrs["grid_n"]), int(attrs["fine_n"])
+    kind = attrs.get("kind", cfg.get("kind"))
+    flow = replace(dns, n=n_coarse, noise=None, convection=(kind != "e1"), name=f"{dns.name}_coarse{n_coarse}")
+    dt = float(attrs["dt"])
+    return flow, dt if kind == "e1" else dt * n_fine / n_coarse
+
+
+def _setup(attrs: dict, device: str, dtype: str):
+    flow_cfg, dt = coarse_flow(attrs)
+    flow = build_flow(replace(flow_cfg, init=replace(flow_cfg.init, kind="taylor_green", params={})),
+                      1, device, dtype)
+    return flow_cfg, flow, dt
+
+
+def _make(name: str, flow, options: dict):
+    return None if name in (RESOLVED, "none") else make_plugin(name, flow.grid, flow.equation, **options)
+
+
+@torch.no_grad()
+def a_priori(plugin, data: PairData, flow, batch: int = 64) -> dict[str, float]:
+    """``mse``, ``rel_l2``, ``corr`` of the plug-in's tendency against ``data.target`` (test split)."""
+    from solvers.rollout import FlowState
+
+    preds = []
+    for start in range(0, len(data.state), batch):
+        w = data.state[start:start + batch].to(flow.grid.device, flow.grid.dtype)
+        state = FlowState(w=w, t=0.0, step=0, dt=0.0, grid=flow.grid, equation=flow.equation,
+                          generator=torch.Generator(device=w.device).manual_seed(start))
+        out = None if plugin is None else plugin(state)
+        preds.append(torch.zeros_like(w) if out is None else out)
+    pred = torch.cat(preds).double().cpu()
+    target = data.target.double().cpu()
+    p, t = pred - pred.mean(), target - target.mean()
+    corr = float((p * t).sum() / (p.norm() * t.norm())) if p.norm() > 0 else 0.0
+    return {"mse": float(((pred - target) ** 2).mean()), "rel_l2": float(diagnostics.rel_l2(pred, target)),
+            "corr": corr}
+
+
+class _Timed:
+    """Wraps a plug-in and accumulates the wall time of its calls."""
+
+    def __init__(self, plugin):
+        self.plugin, self.kind, self.seconds = plugin, plugin.kind, 0.0
+
+    def __call__(self, state):
+        start = time.perf_counter()
+        out = self.plugin(state)
+        if state.w.is_cuda:
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+@dataclass
+class PosterioriResult:
+    times: np.ndarray  # (rtime,)
+    rel_l2: np.ndarray  # (rtime,) member-mean rel_l2, averaged over test trajectories
+    ens_mean_rel_l2: np.ndarray
+    spread: np.ndarray
+    enstrophy: np.ndarray  # (rtime,) model (member and trajectory mean)
+    enstrophy_ref: np.ndarray
+    spectrum: np.ndarray  # (k,) at the last time, model
+    spectrum_ref: np.ndarray
+    wall_s: float
+    plugin_s: float
+    blew_up: bool
+
+
+def a_posteriori(name: str, options: dict, attrs: dict, reference: np.ndarray, ref_times: np.ndarray,
+                 ensemble: int, every: int | None, device: str, dtype: str, seed: int) -> PosterioriResult:
+    """Closed-loop rollouts from ``reference[:, 0]`` (``(traj, rtime, x, y)``) over the reference window."""
+    flow_cfg, flow, dt = _setup(attrs, device, dtype)
+    if name == RESOLVED:
+        flow_cfg, flow = replace(flow_cfg, convection=True), None
+        flow = build_flow(replace(flow_cfg, init=replace(flow_cfg.init, kind="taylor_green", params={})),
+                          1, device, dtype)
+    grid, eq = flow.grid, flow.equation
+    plugin = _make(name, flow, options)
+    members = ensemble if getattr(plugin, "stochastic", False) else 1
+    every = every or (plugin.default_every if plugin is not None else 1)
+    interval = float(ref_times[1] - ref_times[0])
+    steps_per = max(1, round(interval / dt))
+    sums = {k: np.zeros(len(ref_times)) for k in ("rel_l2", "ens", "spread", "z", "zref")}
+    spec = spec_ref = 0.0
+    wall = plug = 0.0
+    blew_up = False
+    for traj in range(reference.shape[0]):
+        truth = torch.as_tensor(reference[traj]).to(grid.device, grid.dtype)  # (rtime, x, y)
+        w = truth[0].expand(members, -1, -1).clone()
+        timed = _Timed(plugin) if plugin is not None else None
+        gen = torch.Generator(device=grid.device).manual_seed(seed + traj)
+        start = time.perf_counter()
+        for i in range(len(ref_times)):
+            if i > 0 and not blew_up:
+                try:
+                    w = rollout(w, eq, dt, steps_per, stepper=flow_cfg.stepper, plugin=timed, every=every,
+                                generator=gen, t0=float(ref_times[i - 1]), check_every=steps_per).w
+                except Exception as err:  # BlowUpError or a plug-in failure: record and stop this run
+                    log.warning("%s blew up on test trajectory %d at t=%.3g: %s", name, traj, ref_times[i], err)
+                    blew_up = True
+            if blew_up:
+                w = torch.full_like(w, float("nan"))
+            sums["rel_l2"][i] += float(diagnostics.rel_l2(w, truth[i].expand_as(w)))
+            sums["ens"][i] += float(diagnostics.ens_mean_rel_l2(w, truth[i]))
+            sums["spread"][i] += float(diagnostics.spread(w))
+            sums["z"][i] += float(diagnostics.enstrophy(w, grid).mean())
+            sums["zref"][i] += float(diagnostics.enstrophy(truth[i], grid))
+        wall += time.perf_counter() - start
+        plug += timed.seconds if timed is not None else 0.0
+        spec = spec + diagnostics.energy_spectrum(w, grid)[1].mean(0).double().cpu().numpy()
+        spec_ref = spec_ref + diagnostics.energy_spectrum(truth[-1:], grid)[1][0].double().cpu().numpy()
+    n = reference.shape[0]
+    return PosterioriResult(ref_times, sums["rel_l2"] / n, sums["ens"] / n, sums["spread"] / n, sums["z"] / n,
+                            sums["zref"] / n, spec / n, spec_ref / n, wall, plug, blew_up)
+
+
+def _parse_checkpoints(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--checkpoint takes NAME=FILE (e.g. fno=runs/fno/best.pt), got {item!r}")
+        out[name] = path
+    return out
+
+
+def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str], out: str | Path,
+             ensemble: int = 8, every: int | None = None, device: str = "cpu", dtype: str = "float32",
+             seed: int = 0, max_test: int | None = None) -> dict:
+    """Run both evaluations for every plug-in; write JSON, markdown and figures under ``out``."""
+    unknown = [c for c in closures if c != RESOLVED and c not in available()]
+    if unknown:
+        raise ValueError(f"unknown closure(s) {unknown}; choose from {available() + [RESOLVED]}")
+    attrs = read_attrs(data)
+    test = read_pairs(data, "test")
+    reference, ref_times = _reference(data, test, max_test)
+    _, flow, _ = _setup(attrs, device, dtype)
+    results = {"data": str(data), "kind": attrs.get("kind"), "grid_n": int(attrs["grid_n"]), "closures": {}}
+    for name in closures:
+        options = {"checkpoint": checkpoints[name]} if name in checkpoints else {}
+        log.info("evaluating %s", name)
+        prior = a_priori(_make(name, flow, options), test, flow) if name != RESOLVED else None
+        post = a_posteriori(name, options, attrs, reference, ref_times, ensemble, every, device, dtype, seed)
+        results["closures"][name] = {"a_priori": prior, "a_posteriori": _jsonable(post)}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(results, indent=2))
+    (out / "table.md").write_text(markdown_table(results))
+    _figures(results, out, float(attrs["grid_length"]))
+    return results
+
+
+def _reference(data, test: PairData, max_test: int | None) -> tuple[np.ndarray, np.ndarray]:
+    import h5py
+
+    trajs = sorted(set(test.trajectories.tolist()))[:max_test]
+    with h5py.File(data, "r") as f:
+        if "reference" not in f:
+            raise ValueError(f"{data} has no /reference window; regenerate it with a `reference:` section")
+        return f["reference/state"][trajs], f["reference/time"][...]
+
+
+def _jsonable(post: PosterioriResult) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in post.__dict__.items()}
+
+
+def _pick_times(times: list[float], count: int = 4) -> list[int]:
+    """Indices of ``count`` evenly spaced reference times after the start (E1: t = 35, 40, 45, 50)."""
+    idx = np.linspace(0, len(times) - 1, count + 1).round().astype(int)[1:]
+    return sorted(set(idx.tolist()))
+
+
+def markdown_table(results: dict) -> str:
+    """One row per plug-in: a-priori metrics, ens_mean_rel_l2 at 4 times, final spread, cost."""
+    first = next(iter(results["closures"].values()))["a_posteriori"]
+    times = first["times"]
+    picks = _pick_times(times)
+    head = ["closure", "mse", "rel_l2", "corr"] + [f"ens_mean_rel_l2 t={times[i]:.4g}" for i in picks]
+    head += ["spread (end)", "enstrophy err (end)", "rollout s", "closure share"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results["closures"].items():
+        prior, post = r["a_priori"], r["a_posteriori"]
+        cells = [name] + (["—"] * 3 if prior is None else [f"{prior['mse']:.3g}", f"{prior['rel_l2']:.3g}",
+                                                            f"{prior['corr']:.3f}"])
+        cells += [f"{post['ens_mean_rel_l2'][i]:.3g}" for i in picks]
+        z_err = abs(post["enstrophy"][-1] - post["enstrophy_ref"][-1]) / post["enstrophy_ref"][-1]
+        share = post["plugin_s"] / post["wall_s"] if post["wall_s"] else 0.0
+        cells += [f"{post['spread'][-1]:.3g}", f"{z_err:.3g}", f"{post['wall_s']:.1f}", f"{share:.0%}"]
+        cells[-4:] = cells[-4:] if not post["blew_up"] else cells[-4:-1] + ["blew up"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def _figures(results: dict, out: Path, length: float) -> None:
+    from solvers.figures import _figure
+
+    fig = _figure(12, 3.6)
+    ax_err, ax_z, ax_spec = fig.subplots(1, 3)
+    for i, (name, r) in enumerate(results["closures"].items()):
+        post, color = r["a_posteriori"], f"C{i}"
+        ax_err.semilogy(post["times"], np.maximum(post["ens_mean_rel_l2"], 1e-12), color=color, label=name)
+        if max(post["spread"]) > 0:
+            ax_err.semilogy(post["times"], np.maximum(post["spread"], 1e-12) / _ref_rms(post), color=color, ls=":")
+        ax_z.plot(post["times"], post["enstrophy"], color=color, label=name)
+        k = np.arange(len(post["spectrum"]))
+        ax_spec.loglog(k[1:], np.maximum(post["spectrum"][1:], 1e-30), color=color, label=name)
+    ax_z.plot(post["times"], post["enstrophy_ref"], "k--", label="truth")
+    ax_spec.loglog(k[1:], np.maximum(post["spectrum_ref"][1:], 1e-30), "k--", label="truth")
+    ax_err.set(xlabel="t", ylabel="ens_mean_rel_l2 (solid), spread/rms (dotted)")
+    ax_z.set(xlabel="t", ylabel="enstrophy")
+    ax_spec.set(xlabel="k", ylabel="E(k) at the last time")
+    for ax in (ax_err, ax_z, ax_spec):
+        ax.legend(fontsize=7)
+    fig.savefig(out / "evaluation.png", dpi=110)
+
+
+def _ref_rms(post: dict) -> float:
+    return float(np.sqrt(2 * np.mean(post["enstrophy_ref"])))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="FILE", help="closure-pair dataset (train_closure.py generate)")
+    parser.add_argument("--closure", nargs="+", default=["none"], metavar="NAME",
+                        help=f"plug-ins to compare, plus '{RESOLVED}' (coarse model with its own convection)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=FILE",
+                        help="checkpoint for a learned plug-in, e.g. fno=runs/fno/best.pt (repeatable)")
+    parser.add_argument("--ensemble", type=int, default=8, help="members for stochastic plug-ins (default 8)")
+    parser.add_argument("--every", type=int, default=None, help="plug-in period in steps (default: each plug-in's)")
+    parser.add_argument("--max-test", type=int, default=None, help="use only the first K test trajectories")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="solver precision")
+    parser.add_argument("--seed", type=int, default=0, help="seed for stochastic plug-ins")
+    parser.add_argument("--out", default="runs/evaluation", metavar="DIR", help="output folder (JSON, table.md, PNG)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    try:
+        results = evaluate(args.data, args.closure, _parse_checkpoints(args.checkpoint), args.out, args.ensemble,
+                           args.every, args.device, args.dtype, args.seed, args.max_test)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(markdown_table(results))
+    print(f"wrote {Path(args.out) / 'evaluation.json'}, table.md and evaluation.png")
+    return 0
