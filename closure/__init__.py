@@ -7,5 +7,6 @@ from .base import FlowState, Plugin
 from .registry import available, make_plugin, plugin_class, register
 from . import none  # noqa: F401  (registers "none")
 from . import classical  # noqa: F401
+from . import fno  # noqa: F401
 
 __all__ = ["FlowState", "Plugin", "available", "make_plugin", "plugin_class", "register"]

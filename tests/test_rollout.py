@@ -89,9 +89,12 @@ def test_plugin_output_contract_is_checked():
 
 @pytest.mark.parametrize("name", closure.available())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_every_registered_plugin_keeps_shape_dtype_device(name, dtype):
+def test_every_registered_plugin_keeps_shape_dtype_device(name, dtype, tmp_path):
     grid, eq, w0 = _setup(dtype=dtype)
-    plugin = make_plugin(name, grid, eq)
+    cls, options = closure.plugin_class(name), {}
+    if getattr(cls, "requires_checkpoint", False):  # learned plug-ins: a tiny untrained model for this flow
+        options["checkpoint"] = str(cls.example_checkpoint(tmp_path / f"{name}.pt", grid, eq))
+    plugin = make_plugin(name, grid, eq, **options)
     result = rollout(w0, eq, 0.02, 4, plugin=plugin, every=plugin.default_every)
     assert result.w.shape == w0.shape and result.w.dtype == dtype and result.w.device == w0.device
     assert torch.isfinite(result.w).all()

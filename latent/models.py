@@ -1,0 +1,139 @@
+"""Trainable closure models, registered by name, and the normalisation they work in.
+
+Every model is a :class:`TrainableModel`: one object owns ``loss()`` (used by
+:mod:`latent.training`) and ``predict()`` (used by the plug-in), so training and inference cannot
+drift apart (k-diffusion style). Both work in *normalised* units (:class:`Normalization`).
+``build_model(name, **kwargs)`` builds one and records ``model.spec = {"name", "kwargs"}`` (every
+constructor argument, defaults filled in) so a checkpoint rebuilds the model from the file alone.
+
+Stochastic models (conditional diffusion) implement the same two methods: ``loss`` returns the
+weighted total and its named terms, ``predict`` draws a sample with the given generator.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fno import FNO2d
+
+__all__ = ["TrainableModel", "Normalization", "register_model", "model_class", "available_models",
+           "build_model", "FNOClosureModel"]
+
+_MODELS: dict[str, type["TrainableModel"]] = {}
+
+
+class TrainableModel(nn.Module):
+    """Interface of a trainable closure model (all tensors ``(batch, x, y)``, normalised units)."""
+
+    name: str = ""
+    spec: dict
+
+    def loss(self, state: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scalar training loss (mean over the batch) and its named terms (detached scalars)."""
+        raise NotImplementedError
+
+    def predict(self, state: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The closure term for ``state`` (a sample for stochastic models)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Scalar affine normalisation of state and target: ``(x - mean) / std`` (train-split stats)."""
+
+    state_mean: float
+    state_std: float
+    target_mean: float
+    target_std: float
+
+    def __post_init__(self) -> None:
+        for key, value in asdict(self).items():
+            if not math.isfinite(value) or (key.endswith("std") and not value > 0):
+                raise ValueError(f"normalisation {key}={value!r} must be finite (std > 0); "
+                                 f"the dataset's train split is empty or constant")
+
+    @classmethod
+    def from_stats(cls, stats: dict) -> "Normalization":
+        """From a ``{state,target}_{mean,std}`` mapping (``PairData.stats``, a checkpoint)."""
+        missing = [k for k in ("state_mean", "state_std", "target_mean", "target_std") if k not in stats]
+        if missing:
+            raise ValueError(f"normalisation statistics lack {missing}; regenerate the dataset")
+        return cls(*(float(stats[k]) for k in ("state_mean", "state_std", "target_mean", "target_std")))
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def state(self, w: torch.Tensor) -> torch.Tensor:
+        return (w - self.state_mean) / self.state_std
+
+    def target(self, h: torch.Tensor) -> torch.Tensor:
+        return (h - self.target_mean) / self.target_std
+
+    def denormalize_target(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.target_std + self.target_mean
+
+
+def register_model(name: str):
+    """Class decorator: make ``cls`` buildable as ``model.name: <name>`` in a training config."""
+
+    def wrap(cls: type[TrainableModel]) -> type[TrainableModel]:
+        if name in _MODELS and _MODELS[name] is not cls:
+            raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__name__}")
+        cls.name, _MODELS[name] = name, cls
+        return cls
+
+    return wrap
+
+
+def available_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_class(name: str) -> type[TrainableModel]:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {available_models()}")
+    return _MODELS[name]
+
+
+def build_model(name: str, **kwargs) -> TrainableModel:
+    """Model ``name`` with constructor ``kwargs``; unknown kwargs are an error naming the valid ones."""
+    cls = model_class(name)
+    signature = inspect.signature(cls.__init__)
+    accepted = [p for p in signature.parameters if p != "self"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"model {name!r} got unknown argument(s) {unknown}; it accepts {accepted}")
+    bound = signature.bind_partial(None, **kwargs)
+    bound.apply_defaults()
+    resolved = {k: v for k, v in bound.arguments.items() if k != "self"}
+    try:
+        model = cls(**resolved)
+    except TypeError as err:
+        raise ValueError(f"bad arguments for model {name!r}: {err}") from err
+    model.spec = {"name": name, "kwargs": resolved}
+    return model
+
+
+@register_model("fno")
+class FNOClosureModel(TrainableModel):
+    """Deterministic closure: an :class:`~latent.fno.FNO2d` from the normalised coarse state to the
+    normalised closure term, trained by mean squared error."""
+
+    def __init__(self, modes: int = 12, width: int = 32, layers: int = 4, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = FNO2d(1, 1, modes=modes, width=width, layers=layers, hidden=hidden)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.net(state)
+
+    def loss(self, state: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mse = F.mse_loss(self(state), target)
+        return mse, {"mse": mse.detach()}
+
+    def predict(self, state: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self(state)

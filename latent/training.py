@@ -1,0 +1,479 @@
+"""Config-driven training of learned closure plug-ins (``python train_closure.py train``).
+
+    python train_closure.py train --closure fno --data data/e1.h5 --out runs/fno
+    python train_closure.py train --closure fno --data data/e1.h5 --set optimizer.lr=3e-4 --epochs 50
+    python train_closure.py train --out runs/fno --resume          # continue an interrupted run
+    torchrun --nproc-per-node 4 train_closure.py train --closure fno --data data/e1.h5   # DDP
+
+Writes to <out>: config.yaml (the resolved config), log.csv (one row per epoch: losses and their
+named terms, learning rate, samples/s, wall time), last.pt (every epoch) and best.pt (lowest
+validation loss), all atomically; --resume continues from last.pt exactly as if never stopped.
+batch_size is the GLOBAL batch: under torchrun every rank takes its contiguous slice of each batch
+and losses are weighted so the averaged DDP gradient is the full-batch gradient.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from solvers import pairs, parallel
+from solvers.config import _build, _set_dotted, parse_overrides  # the project's YAML -> dataclass helpers
+
+from .checkpoint import flow_fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .models import Normalization, build_model
+
+__all__ = ["TrainConfig", "load_train_config", "add_arguments", "run", "fit", "prepare"]
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "fno"  # a latent.models registry name
+    kwargs: dict = field(default_factory=dict)  # constructor arguments, stored in every checkpoint
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm; null: no clipping
+
+    def __post_init__(self) -> None:
+        _check(self.name == "adam", f"unknown optimizer.name {self.name!r}; choose one of ['adam']")
+        _check(self.lr > 0 and self.weight_decay >= 0,
+               f"need optimizer.lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    kind: str = "step"  # none | step (lr * gamma^(epoch // step_size)) | cosine (lr -> min_lr over epochs)
+    step_size: int = 100
+    gamma: float = 0.5
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("none", "step", "cosine"),
+               f"unknown schedule.kind {self.kind!r}; choose one of ['none', 'step', 'cosine']")
+        _check(self.step_size >= 1 and self.gamma > 0,
+               f"need schedule.step_size >= 1 and gamma > 0, got {self.step_size}, {self.gamma}")
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    patience: int | None = None  # stop after this many epochs without a val-loss improvement; null: never
+    min_delta: float = 0.0  # an improvement must lower the best val loss by more than this
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (see configs/train_fno.yaml for a commented example)."""
+
+    closure: str = "fno"
+    data: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    epochs: int = 100
+    batch_size: int = 32
+    seed: int = 0
+    device: str | None = None
+    dtype: str = "float32"
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 0 and self.batch_size >= 1,
+               f"need epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        _check(self.dtype in _DTYPES, f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
+
+
+def load_train_config(path: str | Path | None, overrides: Mapping[str, Any] = (),
+                      base: Mapping | None = None) -> TrainConfig:
+    """YAML file (or ``base`` mapping) then ``{"dotted.key": value}`` overrides; unknown keys are errors."""
+    data = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} does not exist; see configs/train_*.yaml")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"training config {path} is not valid YAML: {err}") from err
+    for key, value in dict(overrides).items():
+        _set_dotted(data, key, value)
+    try:
+        return _build(TrainConfig, data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}" if path else str(err)) from err
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    """Learning-rate multiplier for ``epoch`` (closed form, so a resumed run follows the same curve)."""
+    s = cfg.schedule
+    if s.kind == "step":
+        return s.gamma ** (epoch // s.step_size)
+    if s.kind == "cosine":
+        floor = s.min_lr / cfg.optimizer.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(epoch, cfg.epochs) / max(cfg.epochs, 1)))
+    return 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``train_closure.py train`` (precedence: config file < --set < flags)."""
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "examples:\n" + __doc__.split("\n\n", 1)[1]
+    p.add_argument("--closure", metavar="NAME",
+                   help="learned plug-in to train, e.g. fno (default config: configs/train_NAME.yaml)")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML training config (model, optimizer, schedule, epochs, batch_size, ...)")
+    p.add_argument("--data", metavar="FILE",
+                   help="closure-pair HDF5 dataset (solvers/pairs.py layout) with train and val splits")
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/<closure>)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override a config key, value read as YAML; repeatable (--set optimizer.lr=3e-4)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/last.pt with its stored config (--set and flags still apply)")
+    p.add_argument("--epochs", type=int, metavar="E", help="total number of epochs (on --resume: extend the run)")
+    p.add_argument("--stop-after", type=int, metavar="K",
+                   help="end this invocation after K epochs (resume later with --resume)")
+    p.add_argument("--device",
+                   help="torch device (default: cuda if available, else cpu; cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--seed", type=int, help="seed for the model initialisation and the data order")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log scalars to <out>/tensorboard (needs the tensorboard package)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, table or log messages")
+
+
+def _resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
+    overrides = parse_overrides(args.set)
+    flags = {"closure": args.closure, "data": args.data, "out": args.out, "epochs": args.epochs,
+             "device": args.device, "seed": args.seed}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    if args.resume:
+        _check(args.config is None,
+               "--resume takes the config stored in the checkpoint; change keys with --set, not --config")
+        _check(args.out is not None or args.closure is not None, "--resume needs --out DIR (the run to continue)")
+        out = Path(args.out or f"runs/{args.closure}")
+        stored = yaml.safe_load(load_checkpoint(out / "last.pt").payload["config"]) or {}
+        return load_train_config(None, overrides, base=stored), out
+    _check(args.closure is not None or args.config is not None, "give --closure NAME (e.g. fno) or --config FILE")
+    if args.config is None:
+        _check_learned(args.closure)
+    path = args.config or CONFIG_DIR / f"train_{args.closure}.yaml"
+    cfg = load_train_config(path, overrides)
+    out = Path(cfg.out or f"runs/{cfg.closure}")
+    _check(not (out / "last.pt").exists(),
+           f"{out} already holds a training run; continue it with --resume or choose another --out")
+    return cfg, out
+
+
+@dataclass
+class Job:
+    """Everything :func:`fit` needs; built by :func:`prepare`."""
+
+    cfg: TrainConfig
+    out: Path
+    model: nn.Module
+    step_model: nn.Module  # the loss module the optimizer steps through (DDP-wrapped under torchrun)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    data: dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> normalised (state, target)
+    meta: dict  # grid, flow, normalization for the checkpoints
+    state: dict  # epoch, best_val, best_epoch, bad_epochs, history
+    args: argparse.Namespace
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite (last.pt still holds the last finite epoch)."""
+
+
+class _LossModule(nn.Module):
+    """``forward = model.loss`` so DistributedDataParallel's gradient hooks see the loss computation."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, state: torch.Tensor, target: torch.Tensor):
+        return self.model.loss(state, target)
+
+
+def _load_data(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> tuple[dict, dict]:
+    _check(cfg.data is not None, "no dataset: pass --data FILE (a closure-pair HDF5 file)")
+    splits = {name: pairs.read_pairs(cfg.data, name) for name in ("train", "val")}
+    attrs = splits["train"].attrs
+    _check("grid_n" in attrs and "grid_length" in attrs,
+           f"{cfg.data} lacks the grid_n / grid_length attributes; regenerate it")
+    n = int(attrs["grid_n"])
+    _check(splits["train"].state.shape[-1] == n,
+           f"{cfg.data}: fields are {tuple(splits['train'].state.shape[-2:])} but grid_n={n}")
+    norm = Normalization.from_stats(splits["train"].stats)
+    data = {name: (norm.state(d.state).to(device, dtype), norm.target(d.target).to(device, dtype))
+            for name, d in splits.items()}
+    meta = {"grid": {"n": n, "length": float(attrs["grid_length"])}, "flow": flow_fingerprint(attrs),
+            "normalization": norm}
+    return data, meta
+
+
+def _check_learned(name: str) -> None:
+    import closure
+
+    learned = [n for n in closure.available() if getattr(closure.plugin_class(n), "requires_checkpoint", False)]
+    _check(name in learned, f"closure {name!r} has no trainable model; choose one of {learned}")
+
+
+def _restore(path: Path, meta: dict, model, optimizer, scheduler, state: dict) -> None:
+    """--resume: check the checkpoint against the data and model, then restore every piece of state."""
+    ckpt = load_checkpoint(path, grid=(meta["grid"]["n"], meta["grid"]["length"]), flow=meta["flow"],
+                           normalization=meta["normalization"])
+    saved = ckpt.payload["model"]
+    _check(saved["name"] == model.spec["name"] and saved["kwargs"] == model.spec["kwargs"],
+           f"the model section differs from the checkpoint's ({saved['name']} {saved['kwargs']}); "
+           f"it cannot change on --resume")
+    model.load_state_dict(saved["state_dict"])
+    optimizer.load_state_dict(ckpt.payload["optimizer"])
+    scheduler.load_state_dict(ckpt.payload["scheduler"])
+    state.update(ckpt.payload["training"], epoch=ckpt.epoch)
+    rngs = ckpt.payload["rng"]
+    if len(rngs) == parallel.world_size():
+        set_rng_state(rngs[parallel.rank()])
+    else:
+        log.warning("checkpoint holds RNG states of %d ranks, this run has %d: random streams restart",
+                    len(rngs), parallel.world_size())
+
+
+def prepare(args: argparse.Namespace) -> Job:
+    """Config, data, model, optimizer and (on --resume) the restored state; every input error raises here."""
+    cfg, out = _resolve_config(args)
+    _check_learned(cfg.closure)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _check(torch.device(device).type != "cuda" or torch.cuda.is_available(),
+           f"device {device!r} requested but CUDA is not available; use --device cpu")
+    _check(args.stop_after is None or args.stop_after >= 1, f"--stop-after must be >= 1, got {args.stop_after}")
+    parallel.init(device)
+    device = parallel.local_device(device)
+    cfg = dataclasses.replace(cfg, device=str(device), out=str(out))
+    dtype = _DTYPES[cfg.dtype]
+    data, meta = _load_data(cfg, device, dtype)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, **cfg.model.kwargs).to(device, dtype)
+    with torch.no_grad():  # a model that does not fit the data fails here, before any file is written
+        model.loss(data["train"][0][:1], data["train"][1][:1])
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(cfg, epoch))
+    state = {"epoch": 0, "best_val": math.inf, "best_epoch": None, "bad_epochs": 0, "history": []}
+    torch.manual_seed(cfg.seed + 1 + parallel.rank())  # per-rank stream for stochastic losses
+    if args.resume:
+        _restore(out / "last.pt", meta, model, optimizer, scheduler, state)
+    step_model = _LossModule(model)
+    if parallel.is_distributed():
+        ids = [device.index] if device.type == "cuda" else None
+        step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)
+    return Job(cfg, out, model, step_model, optimizer, scheduler, data, meta, state, args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``train_closure.py train``: 0 when done, 2 on bad input, 3 if the loss diverged (message on stderr)."""
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        try:
+            job = prepare(args)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        fit(job)
+        return 0
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    finally:
+        if parallel.is_distributed():
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+def _all_sum(values: torch.Tensor) -> torch.Tensor:
+    if parallel.is_distributed():
+        dist.all_reduce(values)
+    return values
+
+
+def train_epoch(job: Job, epoch: int, bar) -> dict[str, float]:
+    """One pass over a seeded permutation of the train split in global batches; returns mean loss and terms."""
+    state, target = job.data["train"]
+    n, batch, world = len(state), job.cfg.batch_size, parallel.world_size()
+    generator = torch.Generator().manual_seed(job.cfg.seed * 1_000_003 + epoch)  # order depends on (seed, epoch) only
+    order = torch.randperm(n, generator=generator).to(state.device)
+    job.step_model.train()
+    sums, names = None, []
+    for start in range(0, n, batch):
+        chunk = order[start:start + batch]
+        mine = parallel.shard(len(chunk))
+        local = chunk[mine.start:mine.stop]
+        weight = len(local) * world / len(chunk)  # DDP averages over ranks: sum_r weight_r * mean_r = batch mean
+        idx = local if len(local) else chunk[:1]  # an empty slice still joins the gradient all-reduce, weight 0
+        job.optimizer.zero_grad(set_to_none=True)
+        loss, terms = job.step_model(state[idx], target[idx])
+        (loss * weight).backward()
+        if job.cfg.optimizer.grad_clip is not None:
+            nn.utils.clip_grad_norm_(job.model.parameters(), job.cfg.optimizer.grad_clip)
+        job.optimizer.step()
+        values = torch.stack([loss.detach(), *(v.detach().reshape(()) for v in terms.values())]) * len(local)
+        sums, names = (values if sums is None else sums + values), ["loss", *terms]
+        bar.update(1)
+    sums = _all_sum(sums) / n
+    return dict(zip(names, sums.tolist()))
+
+
+@torch.no_grad()
+def evaluate(job: Job, split: str = "val") -> dict[str, float]:
+    """Sample-weighted mean loss and terms over a split, each rank evaluating its contiguous shard."""
+    state, target = job.data[split]
+    rows, size = parallel.shard(len(state)), job.cfg.batch_size
+    job.model.eval()
+    chunks = [(i, min(i + size, rows.stop)) for i in range(rows.start, rows.stop, size)] or [(0, 0)]
+    sums = None
+    for lo, hi in chunks:  # an empty shard evaluates one sample with weight 0, to join the all-reduce
+        loss, terms = job.model.loss(state[lo:max(hi, lo + 1)], target[lo:max(hi, lo + 1)])
+        values = torch.stack([loss, *(v.reshape(()) for v in terms.values())]) * (hi - lo)
+        sums = values if sums is None else sums + values
+    return dict(zip(["loss", *terms], (_all_sum(sums) / len(state)).tolist()))
+
+
+def _save(job: Job, name: str) -> None:
+    rng = [rng_state()]
+    if parallel.is_distributed():  # every rank's stream, so a resumed DDP run continues each one
+        rng = [None] * parallel.world_size()
+        dist.all_gather_object(rng, rng_state())
+    if parallel.is_main():
+        save_checkpoint(job.out / name, model=job.model, closure=job.cfg.closure, config=config_to_yaml(job.cfg),
+                        epoch=job.state["epoch"], optimizer=job.optimizer, scheduler=job.scheduler, rng=rng,
+                        training={k: v for k, v in job.state.items() if k != "epoch"}, **job.meta)
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+def _tensorboard(job: Job):
+    if not (job.args.tensorboard and parallel.is_main()):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("note: --tensorboard skipped: the tensorboard package is not installed (pip install tensorboard)",
+              file=sys.stderr)
+        return None
+    return SummaryWriter(str(job.out / "tensorboard"))
+
+
+def _epoch(job: Job, epoch: int, show: bool, wall0: float) -> tuple[dict, bool]:
+    """Train one epoch, validate, step the schedule; the log row and whether val loss improved."""
+    from tqdm.auto import tqdm
+
+    lr, tick, n = job.optimizer.param_groups[0]["lr"], time.perf_counter(), len(job.data["train"][0])
+    with tqdm(total=math.ceil(n / job.cfg.batch_size), disable=not show, leave=False, desc=f"epoch {epoch + 1}",
+              unit="batch") as bar:
+        train = train_epoch(job, epoch, bar)
+    rate = n / (time.perf_counter() - tick)
+    if not math.isfinite(train["loss"]):
+        raise TrainingDiverged(f"the training loss became {train['loss']} in epoch {epoch + 1}; lower optimizer.lr or "
+                               f"set optimizer.grad_clip (last.pt holds epoch {job.state['epoch']})")
+    val = evaluate(job)
+    job.scheduler.step()
+    row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
+           "lr": lr, "samples_per_s": rate, "wall_s": time.perf_counter() - wall0}
+    st = job.state
+    st["history"].append(row)
+    st["epoch"] = epoch + 1
+    improved = val["loss"] < st["best_val"] - job.cfg.early_stopping.min_delta
+    if improved:
+        st.update(best_val=val["loss"], best_epoch=epoch + 1, bad_epochs=0)
+    else:
+        st["bad_epochs"] += 1
+    return row, improved
+
+
+def _stop_reason(job: Job, epochs_run: int) -> str:
+    patience = job.cfg.early_stopping.patience
+    if patience and job.state["bad_epochs"] >= patience:
+        return f"early stopping: no val-loss improvement for {patience} epochs"
+    if job.args.stop_after and epochs_run >= job.args.stop_after:
+        return f"stopped after {job.args.stop_after} epoch(s) as asked; continue with --resume"
+    return ""
+
+
+def fit(job: Job) -> dict:
+    """Train from ``job.state["epoch"]`` to ``cfg.epochs`` (or early stop / --stop-after); returns the state."""
+    cfg, st, main = job.cfg, job.state, parallel.is_main()
+    show = main and not job.args.quiet
+    if main:
+        job.out.mkdir(parents=True, exist_ok=True)
+        (job.out / "config.yaml").write_text(config_to_yaml(cfg))
+    board, start, stopped = _tensorboard(job), st["epoch"], ""
+    if show:
+        print(f"training {cfg.model.name} for closure {cfg.closure!r} on {len(job.data['train'][0])} pairs "
+              f"({parallel.world_size()} process(es), {cfg.device}) -> {job.out}")
+        print(f"{'epoch':>6} {'train_loss':>12} {'val_loss':>12} {'lr':>10} {'samples/s':>10} {'wall_s':>8}")
+    wall0 = time.perf_counter() - (st["history"][-1]["wall_s"] if st["history"] else 0.0)
+    for epoch in range(start, cfg.epochs):
+        row, improved = _epoch(job, epoch, show, wall0)
+        if main:
+            _write_log(job.out / "log.csv", st["history"])
+        _save(job, "last.pt")
+        if improved:
+            _save(job, "best.pt")
+        for key, value in row.items() if board is not None else ():
+            board.add_scalar(key, value, epoch + 1)
+        if show:
+            print(f"{epoch + 1:>6} {row['train_loss']:>12.4e} {row['val_loss']:>12.4e} {row['lr']:>10.3e} "
+                  f"{row['samples_per_s']:>10.1f} {row['wall_s']:>8.1f}")
+        stopped = _stop_reason(job, epoch + 1 - start)
+        if stopped:
+            break
+    if board is not None:
+        board.close()
+    if show:
+        best = f"best val loss {st['best_val']:.4e} at epoch {st['best_epoch']}" if st["best_epoch"] else "no epoch run"
+        print(f"{stopped + '; ' if stopped else ''}{best}; files in {job.out} (best.pt, last.pt, log.csv, config.yaml)")
+    parallel.barrier()
+    return st
