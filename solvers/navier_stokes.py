@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import spectral
+from . import fft_backend, spectral
 from .grid import Grid
 
 __all__ = ["NavierStokes2D"]
@@ -69,6 +69,8 @@ class NavierStokes2D:
     def explicit_terms(self, w_hat: torch.Tensor) -> torch.Tensor:
         """``-u . grad w + f`` in Fourier space."""
         if self.convection:
+            if type(self).advection is NavierStokes2D.advection and fft_backend.uses_fftw(self, w_hat):
+                return fft_backend.explicit_terms(self, w_hat)
             terms = -self.advection(w_hat)
             return terms if self.forcing_hat is None else terms + self.forcing_hat
         if self.forcing_hat is None:

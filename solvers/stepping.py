@@ -27,6 +27,8 @@ from typing import Callable, Protocol
 
 import torch
 
+from . import fft_backend
+
 __all__ = ["Equation", "Stepper", "StepperSpec", "STEPPERS", "make_stepper", "stable_time_step"]
 
 
@@ -62,7 +64,11 @@ def low_storage_imex(alphas: list[float], betas: list[float], gammas: list[float
             a.append(equation.implicit_solve(ones + mu * equation.implicit_terms(ones), mu))
             b.append(equation.implicit_solve(ones * (dt * beta), mu))
 
+        fast = fft_backend.LowStorageStep(equation, a, b, gammas)  # FFTW + numba path, CPU only
+
         def step(w_hat: torch.Tensor, extra_hat: torch.Tensor | None = None) -> torch.Tensor:
+            if fast.applies(w_hat, extra_hat):
+                return fast(w_hat, extra_hat)
             u, h = w_hat, None
             for k in range(len(betas)):
                 f = equation.explicit_terms(u)
