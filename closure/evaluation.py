@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from solvers import diagnostics
-from solvers.config import FlowConfig, _build
+from solvers.config import FlowConfig, build_dataclass
 from solvers.pairs import PairData, read_attrs, read_pairs
 from solvers.rollout import rollout
 from solvers.setup import build_flow
@@ -49,7 +49,7 @@ def coarse_flow(attrs: dict) -> tuple[FlowConfig, float]:
     holds both); E2: the DNS physics on the LES grid. The coarse step keeps the DNS's CFL number.
     """
     cfg = yaml.safe_load(attrs["config"])
-    dns = _build(FlowConfig, cfg["dns"], "dns.")
+    dns = build_dataclass(FlowConfig, cfg["dns"], "dns.")
     n_coarse, n_fine = int(attrs["grid_n"]), int(attrs["fine_n"])
     kind = attrs.get("kind", cfg.get("kind"))
     flow = replace(dns, n=n_coarse, noise=None, convection=(kind != "e1"), name=f"{dns.name}_coarse{n_coarse}")

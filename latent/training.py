@@ -30,7 +30,7 @@ import yaml
 from torch import nn
 
 from solvers import pairs, parallel
-from solvers.config import _build, _set_dotted, parse_overrides  # the project's YAML -> dataclass helpers
+from solvers.config import build_dataclass, set_dotted, parse_overrides  # the project's YAML -> dataclass helpers
 
 from .checkpoint import flow_fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .models import Normalization, build_model
@@ -123,9 +123,9 @@ def load_train_config(path: str | Path | None, overrides: Mapping[str, Any] = ()
         except yaml.YAMLError as err:
             raise ValueError(f"training config {path} is not valid YAML: {err}") from err
     for key, value in dict(overrides).items():
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     try:
-        return _build(TrainConfig, data)
+        return build_dataclass(TrainConfig, data)
     except ValueError as err:
         raise ValueError(f"{path}: {err}" if path else str(err)) from err
 

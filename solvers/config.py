@@ -30,6 +30,7 @@ __all__ = [
     "ForcingConfig", "NoiseConfig", "InitConfig", "FlowConfig", "ClosureConfig", "RunConfig",
     "load_config", "parse_overrides", "apply_overrides", "resolve",
     "config_from_dict", "config_to_dict", "config_to_yaml", "config_from_yaml",
+    "build_dataclass", "set_dotted", "check",
 ]
 
 FORCINGS = ("kolmogorov", "fno", "none")
@@ -38,7 +39,7 @@ DTYPES = ("float32", "float64")
 _EXCLUSIVE = (("steps", "t_end"), ("record_every", "record_dt"))
 
 
-def _check(ok: bool, message: str) -> None:
+def check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
 
@@ -51,7 +52,7 @@ class ForcingConfig:
     params: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.kind in FORCINGS, f"unknown flow.forcing.kind {self.kind!r}; choose one of {list(FORCINGS)}")
+        check(self.kind in FORCINGS, f"unknown flow.forcing.kind {self.kind!r}; choose one of {list(FORCINGS)}")
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,9 @@ class InitConfig:
     params: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.kind in INITS, f"unknown flow.init.kind {self.kind!r}; choose one of {list(INITS)}")
+        check(self.kind in INITS, f"unknown flow.init.kind {self.kind!r}; choose one of {list(INITS)}")
         if self.kind == "file":
-            _check("path" in self.params, "flow.init.kind 'file' needs params.path (or use --init FILE)")
+            check("path" in self.params, "flow.init.kind 'file' needs params.path (or use --init FILE)")
 
 
 COARSE_GRAININGS = ("subsample", "gaussian", "sharp", "box", "none")
@@ -101,13 +102,13 @@ class FlowConfig:
 
     def __post_init__(self) -> None:
         parse_length(self.length)
-        _check(self.coarse_grain in COARSE_GRAININGS,
+        check(self.coarse_grain in COARSE_GRAININGS,
                f"unknown flow.coarse_grain {self.coarse_grain!r}; choose one of {list(COARSE_GRAININGS)}")
-        _check(self.n >= 4 and self.n % 2 == 0, f"flow.n must be an even integer >= 4, got {self.n}")
-        _check(self.nu >= 0 and self.drag >= 0, f"flow.nu and flow.drag must be >= 0, got {self.nu}, {self.drag}")
-        _check(self.dt is None or self.dt > 0, f"flow.dt must be positive or null (CFL), got {self.dt}")
-        _check(self.cfl > 0, f"flow.cfl must be positive, got {self.cfl}")
-        _check(self.stepper in STEPPERS, f"unknown flow.stepper {self.stepper!r}; choose one of {sorted(STEPPERS)}")
+        check(self.n >= 4 and self.n % 2 == 0, f"flow.n must be an even integer >= 4, got {self.n}")
+        check(self.nu >= 0 and self.drag >= 0, f"flow.nu and flow.drag must be >= 0, got {self.nu}, {self.drag}")
+        check(self.dt is None or self.dt > 0, f"flow.dt must be positive or null (CFL), got {self.dt}")
+        check(self.cfl > 0, f"flow.cfl must be positive, got {self.cfl}")
+        check(self.stepper in STEPPERS, f"unknown flow.stepper {self.stepper!r}; choose one of {sorted(STEPPERS)}")
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class ClosureConfig:
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.every is None or self.every >= 1, f"closure.every must be >= 1 or null, got {self.every}")
+        check(self.every is None or self.every >= 1, f"closure.every must be >= 1 or null, got {self.every}")
 
 
 @dataclass(frozen=True)
@@ -141,15 +142,15 @@ class RunConfig:
     out: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.ensemble >= 1, f"ensemble must be >= 1, got {self.ensemble}")
-        _check(self.steps is None or self.t_end is None,
+        check(self.ensemble >= 1, f"ensemble must be >= 1, got {self.ensemble}")
+        check(self.steps is None or self.t_end is None,
                f"give either steps ({self.steps}) or t_end ({self.t_end}), not both; set the other to null")
-        _check(self.steps is None or self.steps >= 0, f"steps must be >= 0, got {self.steps}")
-        _check(self.record_every is None or self.record_dt is None,
+        check(self.steps is None or self.steps >= 0, f"steps must be >= 0, got {self.steps}")
+        check(self.record_every is None or self.record_dt is None,
                "give either record_every (steps) or record_dt (time), not both; set the other to null")
-        _check(self.record_every is None or self.record_every >= 1, f"record_every must be >= 1, got {self.record_every}")
-        _check(self.record_dt is None or self.record_dt > 0, f"record_dt must be positive, got {self.record_dt}")
-        _check(self.dtype in DTYPES, f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        check(self.record_every is None or self.record_every >= 1, f"record_every must be >= 1, got {self.record_every}")
+        check(self.record_dt is None or self.record_dt > 0, f"record_dt must be positive, got {self.record_dt}")
+        check(self.dtype in DTYPES, f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,21 +160,21 @@ class RunConfig:
 def _coerce_scalar(kind: type, value: Any, key: str) -> Any:
     """``value`` as ``kind`` (YAML reads ``1e-3`` as a string, so numbers in strings are accepted)."""
     if kind is bool:
-        _check(isinstance(value, bool), f"config key {key!r} must be true or false, got {value!r}")
+        check(isinstance(value, bool), f"config key {key!r} must be true or false, got {value!r}")
         return value
     if kind is str:
-        _check(isinstance(value, str), f"config key {key!r} must be a string, got {value!r}")
+        check(isinstance(value, str), f"config key {key!r} must be a string, got {value!r}")
         return value
     if kind is dict:
-        _check(isinstance(value, Mapping), f"config key {key!r} must be a mapping, got {value!r}")
+        check(isinstance(value, Mapping), f"config key {key!r} must be a mapping, got {value!r}")
         return copy.deepcopy(dict(value))
     try:
         number = float(value) if not isinstance(value, bool) else None
     except (TypeError, ValueError):
         number = None
-    _check(number is not None, f"config key {key!r} must be a number, got {value!r}")
+    check(number is not None, f"config key {key!r} must be a number, got {value!r}")
     if kind is int:
-        _check(number.is_integer(), f"config key {key!r} must be an integer, got {value!r}")
+        check(number.is_integer(), f"config key {key!r} must be an integer, got {value!r}")
         return int(number)
     return number
 
@@ -183,23 +184,23 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     args = typing.get_args(hint)
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         if value is None:
-            _check(type(None) in args, f"config key {key!r} cannot be null")
+            check(type(None) in args, f"config key {key!r} cannot be null")
             return None
         options = [a for a in args if a is not type(None)]
         if float in options and str in options:  # a length: number or "2pi"
             parse_length(value)
             return value if isinstance(value, str) else float(value)
         hint = options[0]
-    _check(value is not None, f"config key {key!r} cannot be null")
+    check(value is not None, f"config key {key!r} cannot be null")
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key + ".")
+        return build_dataclass(hint, value, key + ".")
     return _coerce_scalar(hint, value, key)
 
 
-def _build(cls: type, data: Any, prefix: str = "") -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
     """Construct dataclass ``cls`` from a mapping; unknown keys are an error naming them."""
     where = prefix.rstrip(".") or "the top level"
-    _check(isinstance(data, Mapping), f"config section {where!r} must be a mapping, got {data!r}")
+    check(isinstance(data, Mapping), f"config section {where!r} must be a mapping, got {data!r}")
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
@@ -210,7 +211,7 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
 
 def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     """A :class:`RunConfig` from a nested mapping; missing keys take their defaults."""
-    return _build(RunConfig, data or {})
+    return build_dataclass(RunConfig, data or {})
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -253,7 +254,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return parsed
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -271,7 +272,7 @@ def apply_overrides(cfg: RunConfig | Mapping[str, Any], overrides: Mapping[str, 
     ``t_end`` (and ``record_every`` clears ``record_dt``) unless both are given, and vice versa."""
     data = config_to_dict(cfg) if isinstance(cfg, RunConfig) else copy.deepcopy(dict(cfg))
     for key, value in overrides.items():
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     for pair in _EXCLUSIVE:  # setting one of a pair clears the other unless both are given
         for key, other in (pair, pair[::-1]):
             if overrides.get(key) is not None and other not in overrides:

@@ -42,7 +42,7 @@ import torch
 import yaml
 
 from . import parallel
-from .config import DTYPES, FlowConfig, _build, _check, _set_dotted, parse_overrides
+from .config import DTYPES, FlowConfig, build_dataclass, check, set_dotted, parse_overrides
 from .filters import FILTERS, coarse_grain, e1_closure_target, les_closure_term, subsample
 from .pairs import LAYOUT, LAYOUT_VERSION, SPLITS, split_stats
 from .random import MemberRNG
@@ -65,9 +65,9 @@ class CoarseConfig:
     width: float | None = None
 
     def __post_init__(self) -> None:
-        _check(self.method in METHODS, f"unknown coarse.method {self.method!r}; choose one of {list(METHODS)}")
-        _check(self.n >= 4 and self.n % 2 == 0, f"coarse.n must be an even integer >= 4, got {self.n}")
-        _check(self.width is None or self.width > 0, f"coarse.width must be positive or null, got {self.width}")
+        check(self.method in METHODS, f"unknown coarse.method {self.method!r}; choose one of {list(METHODS)}")
+        check(self.n >= 4 and self.n % 2 == 0, f"coarse.n must be an even integer >= 4, got {self.n}")
+        check(self.width is None or self.width > 0, f"coarse.width must be positive or null, got {self.width}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class WindowConfig:
     dt: float = 0.1
 
     def __post_init__(self) -> None:
-        _check(0 <= self.start < self.end and self.dt > 0,
+        check(0 <= self.start < self.end and self.dt > 0,
                f"a time window needs 0 <= start < end and dt > 0, got {self.start}, {self.end}, {self.dt}")
 
 
@@ -92,7 +92,7 @@ class SplitConfig:
     test: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.train >= 1 and self.val >= 0 and self.test >= 0,
+        check(self.train >= 1 and self.val >= 0 and self.test >= 0,
                f"splits need train >= 1, val >= 0, test >= 0, got {self.train}, {self.val}, {self.test}")
 
 
@@ -116,22 +116,22 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         e1, dns = self.kind == "e1", self.dns
-        _check(self.kind in ("e1", "e2"), f"kind must be 'e1' or 'e2', got {self.kind!r}")
-        _check((self.coarse.method == "subsample") == e1, f"kind {self.kind} needs coarse.method "
+        check(self.kind in ("e1", "e2"), f"kind must be 'e1' or 'e2', got {self.kind!r}")
+        check((self.coarse.method == "subsample") == e1, f"kind {self.kind} needs coarse.method "
                f"{'subsample' if e1 else 'gaussian (or sharp, box)'}, got {self.coarse.method!r}")
-        _check(dns.n > self.coarse.n and (not e1 or dns.n % self.coarse.n == 0),
+        check(dns.n > self.coarse.n and (not e1 or dns.n % self.coarse.n == 0),
                f"dns.n={dns.n} must be larger than coarse.n={self.coarse.n}{' and a multiple of it' if e1 else ''}")
-        _check(dns.dt is not None, "data generation needs a fixed dns.dt (a CFL step would depend on the batch)")
-        _check(dns.convection and dns.init.kind != "file", "the DNS needs convection: true and a random init")
-        _check(e1 or dns.noise is None, "E2 targets have no noise part; set dns.noise: null")
-        _check(sum(dataclasses.astuple(self.splits)) == self.trajectories, f"splits {self.splits} must add up "
+        check(dns.dt is not None, "data generation needs a fixed dns.dt (a CFL step would depend on the batch)")
+        check(dns.convection and dns.init.kind != "file", "the DNS needs convection: true and a random init")
+        check(e1 or dns.noise is None, "E2 targets have no noise part; set dns.noise: null")
+        check(sum(dataclasses.astuple(self.splits)) == self.trajectories, f"splits {self.splits} must add up "
                f"to trajectories={self.trajectories}")
-        _check(self.batch >= 1 and self.seed >= 0, f"need batch >= 1 and seed >= 0, got {self.batch}, {self.seed}")
-        _check(self.dtype in DTYPES, f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        check(self.batch >= 1 and self.seed >= 0, f"need batch >= 1 and seed >= 0, got {self.batch}, {self.seed}")
+        check(self.dtype in DTYPES, f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         for name in ("record", "reference"):
             window = getattr(self, name)
             for t in () if window is None else (window.start, window.dt):
-                _check(math.isclose(t / dns.dt, round(t / dns.dt), rel_tol=0, abs_tol=1e-6),
+                check(math.isclose(t / dns.dt, round(t / dns.dt), rel_tol=0, abs_tol=1e-6),
                        f"{name} times must be multiples of dns.dt={dns.dt}; got {t}")
 
 
@@ -145,9 +145,9 @@ def load_data_config(path: str | Path, overrides: list[str] | dict = ()) -> Data
     except yaml.YAMLError as err:
         raise ValueError(f"data config {path} is not valid YAML: {err}") from err
     for key, value in (overrides if isinstance(overrides, dict) else parse_overrides(overrides)).items():
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     try:
-        return _build(DataConfig, data)
+        return build_dataclass(DataConfig, data)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
 
