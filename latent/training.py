@@ -30,7 +30,7 @@ import yaml
 from torch import nn
 
 from solvers import pairs, parallel
-from solvers.config import build_dataclass, set_dotted, parse_overrides  # the project's YAML -> dataclass helpers
+from solvers.config import build_dataclass, parse_overrides, read_yaml_mapping, set_dotted  # the project's YAML -> dataclass helpers
 
 from .checkpoint import flow_fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .models import Normalization, build_model
@@ -115,13 +115,7 @@ def load_train_config(path: str | Path | None, overrides: Mapping[str, Any] = ()
     """YAML file (or ``base`` mapping) then ``{"dotted.key": value}`` overrides; unknown keys are errors."""
     data = dict(base or {})
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist; see configs/train_*.yaml")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"training config {path} is not valid YAML: {err}") from err
+        data = read_yaml_mapping(path, "training config", "configs/train_*.yaml")
     for key, value in dict(overrides).items():
         set_dotted(data, key, value)
     try:

@@ -30,7 +30,7 @@ __all__ = [
     "ForcingConfig", "NoiseConfig", "InitConfig", "FlowConfig", "ClosureConfig", "RunConfig",
     "load_config", "parse_overrides", "apply_overrides", "resolve",
     "config_from_dict", "config_to_dict", "config_to_yaml", "config_from_yaml",
-    "build_dataclass", "set_dotted", "check",
+    "build_dataclass", "set_dotted", "check", "read_yaml_mapping",
 ]
 
 FORCINGS = ("kolmogorov", "fno", "none")
@@ -280,19 +280,23 @@ def apply_overrides(cfg: RunConfig | Mapping[str, Any], overrides: Mapping[str, 
     return config_from_dict(data)
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config file", examples: str = "configs/") -> dict[str, Any]:
+    """The mapping in a YAML file; clear errors for a missing file, invalid YAML or a non-mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; see {examples} for examples")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{what} {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> RunConfig:
     """Read a YAML config (``None``: all defaults) and apply dotted overrides (strings or a mapping)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {path} is not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "config file", "configs/") if path is not None else {}
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
     try:

@@ -42,7 +42,7 @@ import torch
 import yaml
 
 from . import parallel
-from .config import DTYPES, FlowConfig, build_dataclass, check, set_dotted, parse_overrides
+from .config import DTYPES, FlowConfig, build_dataclass, check, parse_overrides, read_yaml_mapping, set_dotted
 from .filters import FILTERS, coarse_grain, e1_closure_target, les_closure_term, subsample
 from .pairs import LAYOUT, LAYOUT_VERSION, SPLITS, split_stats
 from .random import MemberRNG
@@ -138,12 +138,7 @@ class DataConfig:
 def load_data_config(path: str | Path, overrides: list[str] | dict = ()) -> DataConfig:
     """Read a data YAML and apply ``"dotted.key=value"`` overrides; unknown keys are an error."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data config {path} does not exist; see configs/data_*.yaml")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"data config {path} is not valid YAML: {err}") from err
+    data = read_yaml_mapping(path, "data config", "configs/data_*.yaml")
     for key, value in (overrides if isinstance(overrides, dict) else parse_overrides(overrides)).items():
         set_dotted(data, key, value)
     try:
