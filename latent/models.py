@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from solvers.registry import Registry
+
 from .fno import FNO2d
 
 __all__ = ["TrainableModel", "Normalization", "register_model", "model_class", "available_models",
            "build_model", "FNOClosureModel"]
 
-_MODELS: dict[str, type["TrainableModel"]] = {}
+_MODELS = Registry("model", "argument(s)")
 
 
 class TrainableModel(nn.Module):
@@ -78,36 +80,16 @@ class Normalization:
         return h * self.target_std + self.target_mean
 
 
-def register_model(name: str):
-    """Class decorator: make ``cls`` buildable as ``model.name: <name>`` in a training config."""
-
-    def wrap(cls: type[TrainableModel]) -> type[TrainableModel]:
-        if name in _MODELS and _MODELS[name] is not cls:
-            raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__name__}")
-        cls.name, _MODELS[name] = name, cls
-        return cls
-
-    return wrap
-
-
-def available_models() -> list[str]:
-    return sorted(_MODELS)
-
-
-def model_class(name: str) -> type[TrainableModel]:
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {available_models()}")
-    return _MODELS[name]
+register_model = _MODELS.register  # class decorator: buildable as ``model.name: <name>`` in a training config
+available_models = _MODELS.available
+model_class = _MODELS.get
 
 
 def build_model(name: str, **kwargs) -> TrainableModel:
     """Model ``name`` with constructor ``kwargs``; unknown kwargs are an error naming the valid ones."""
     cls = model_class(name)
+    _MODELS.check_options(name, kwargs)
     signature = inspect.signature(cls.__init__)
-    accepted = [p for p in signature.parameters if p != "self"]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(f"model {name!r} got unknown argument(s) {unknown}; it accepts {accepted}")
     bound = signature.bind_partial(None, **kwargs)
     bound.apply_defaults()
     resolved = {k: v for k, v in bound.arguments.items() if k != "self"}
