@@ -57,8 +57,11 @@ def coarse_flow(attrs: dict) -> tuple[FlowConfig, float]:
     return flow, dt if kind == "e1" else dt * n_fine / n_coarse
 
 
-def _setup(attrs: dict, device: str, dtype: str):
+def _setup(attrs: dict, device: str, dtype: str, resolved: bool = False):
+    """The coarse flow (with its own convection for ``resolved``), built once; the init is a placeholder."""
     flow_cfg, dt = coarse_flow(attrs)
+    if resolved:
+        flow_cfg = replace(flow_cfg, convection=True)
     flow = build_flow(replace(flow_cfg, init=replace(flow_cfg.init, kind="taylor_green", params={})),
                       1, device, dtype)
     return flow_cfg, flow, dt
@@ -121,11 +124,7 @@ class PosterioriResult:
 def a_posteriori(name: str, options: dict, attrs: dict, reference: np.ndarray, ref_times: np.ndarray,
                  ensemble: int, every: int | None, device: str, dtype: str, seed: int) -> PosterioriResult:
     """Closed-loop rollouts from ``reference[:, 0]`` (``(traj, rtime, x, y)``) over the reference window."""
-    flow_cfg, flow, dt = _setup(attrs, device, dtype)
-    if name == RESOLVED:
-        flow_cfg, flow = replace(flow_cfg, convection=True), None
-        flow = build_flow(replace(flow_cfg, init=replace(flow_cfg.init, kind="taylor_green", params={})),
-                          1, device, dtype)
+    flow_cfg, flow, dt = _setup(attrs, device, dtype, resolved=name == RESOLVED)
     grid, eq = flow.grid, flow.equation
     plugin = _make(name, flow, options)
     members = ensemble if getattr(plugin, "stochastic", False) else 1
