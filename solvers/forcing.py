@@ -106,6 +106,20 @@ class QWienerNoise:
         full[:, self.band_index] = band
         return full.reshape(band.shape[0], *self.grid.spectral_shape)
 
+    def add_to(self, w_hat: torch.Tensor, dt: float, generator=None) -> torch.Tensor:
+        """``w_hat + sigma dW`` for ``w_hat`` ``(batch, n, n//2+1)``; with a
+        :class:`~solvers.random.MemberRNG` only the noise band is touched, in place (no full-size
+        increment is built), else the full increment of :meth:`increment` is added."""
+        from .random import MemberRNG
+
+        if isinstance(generator, MemberRNG) and w_hat.is_contiguous():
+            if len(generator) != w_hat.shape[0]:
+                raise ValueError(f"the MemberRNG holds {len(generator)} members but the batch has {w_hat.shape[0]}; "
+                                 f"build it with one member per batch row")
+            w_hat.view(w_hat.shape[0], -1)[:, self.band_index] += self.band_increment(dt, generator)
+            return w_hat
+        return w_hat + self.increment(w_hat.shape[0], dt, generator)
+
     def increment(self, batch: int, dt: float, generator=None) -> torch.Tensor:
         """``sigma dW`` over one step, spectral ``(batch, n, n//2+1)`` complex.
 

@@ -108,7 +108,7 @@ def rollout(
 
     Args:
         plugin, every: call ``plugin`` at steps ``0, every, 2 every, ...`` (see module doc).
-        noise: optional additive noise with ``increment(batch, dt, generator)`` (Euler-Maruyama).
+        noise: optional additive noise with ``add_to(w_hat, dt, generator)`` (Euler-Maruyama).
         generator: passed unchanged to ``noise`` and to the plug-in (``FlowState.generator``): a
             ``torch.Generator`` or a :class:`~solvers.random.MemberRNG` (one stream per member).
         record_every: keep a CPU float32 copy of the state every that many steps (and at 0 and the
@@ -147,7 +147,7 @@ def rollout(
             result.plugin_calls += 1
         w_hat = step_fn(w_hat, extra_hat)
         if noise is not None:
-            w_hat = w_hat + noise.increment(w_hat.shape[0], dt, generator)
+            w_hat = noise.add_to(w_hat, dt, generator)  # the stepper's output is fresh: in place is safe
         done = n + 1
         is_record = bool(record_every) and (done % record_every == 0 or done == steps)
         if is_record or done % check_every == 0 or done == steps:
