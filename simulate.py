@@ -89,7 +89,19 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.init is not None:
         frame = -1 if args.init_frame is None else args.init_frame
         overrides["flow.init"] = {"kind": "file", "params": {"path": args.init, "frame": frame}}
-    return load_config(args.config or DEFAULT_CONFIG, overrides)
+    return load_config(args.config or default_config(args.closure), overrides)
+
+
+def default_config(name: str | None) -> Path:
+    """The run config used without --config: the plug-in's own (e.g. latent_cdm's E1 demo run, whose
+    flow its shipped model was trained on), else configs/default.yaml."""
+    own = getattr(closure.plugin_class(name), "default_config", None) if name in closure.available() else None
+    if own is None:
+        return DEFAULT_CONFIG
+    path = DEFAULT_CONFIG.parent / own
+    print(f"simulate: no --config given; using {name}'s default run {path.relative_to(DEFAULT_CONFIG.parent.parent)}",
+          file=sys.stderr)
+    return path
 
 
 def make_plugin(cfg: RunConfig, flow: Flow):
@@ -213,7 +225,7 @@ def run(args: argparse.Namespace, prepared: tuple) -> int:
     figures = [] if args.no_figures else _figures(out)
     if not args.quiet:
         _print_metrics(recorder.metrics, reference)
-        _print_summary(cfg, flow, result, wall, out, figures)
+        _print_summary(cfg, flow, result, wall, out, figures, plugin)
     if status == "blew_up":
         print(f"error: the run blew up: {message}.\nThe frames so far and the last good state are in {out} "
               f"(status 'blew_up'); reduce dt (flow.dt / flow.cfl) or check the closure.", file=sys.stderr)
@@ -240,9 +252,11 @@ def _print_metrics(metrics: dict[str, list[float]], reference: Reference | None)
         print(f"{t:10.4g} {a:12.4e} {b:16.4e} {c:12.4e}")
 
 
-def _print_summary(cfg: RunConfig, flow: Flow, result, wall: float, out: Path, figures: list[Path]) -> None:
+def _print_summary(cfg: RunConfig, flow: Flow, result, wall: float, out: Path, figures: list[Path],
+                   plugin=None) -> None:
     w = result.w
-    rows = [("closure", f"{cfg.closure.name} (every {cfg.closure.every})"),
+    about = plugin.describe().split("), ", 1)[1] if plugin is not None and "), " in plugin.describe() else ""
+    rows = [("closure", f"{cfg.closure.name} (every {cfg.closure.every}){', ' + about if about else ''}"),
             ("flow", f"{cfg.flow.name}: {flow.grid.n}^2, dt={flow.dt:.4g}, {cfg.flow.stepper}, {cfg.device} {cfg.dtype}"),
             ("ensemble", str(cfg.ensemble)),
             ("steps", f"{result.steps} (t {cfg.t0:.4g} -> {result.t:.4g})"),

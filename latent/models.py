@@ -43,6 +43,11 @@ class TrainableModel(nn.Module):
         """The closure term for ``state`` (a sample for stochastic models)."""
         raise NotImplementedError
 
+    def begin_epoch(self, epoch: int) -> bool:
+        """Called by the trainer before each epoch (0-based). Returns True when the loss changes its
+        definition here (a new training phase), so the best validation loss is reset."""
+        return False
+
 
 @dataclass(frozen=True)
 class Normalization:
@@ -119,3 +124,6 @@ class FNOClosureModel(TrainableModel):
 
     def predict(self, state: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self(state)
+
+
+from . import cdm as _cdm  # noqa: E402,F401  registers p_cdm, latent_cdm, latent_cdm_two_phase

@@ -359,6 +359,13 @@ def evaluate(job: Job, split: str = "val") -> dict[str, float]:
     state, target = job.data[split]
     rows, size = parallel.shard(len(state)), job.cfg.batch_size
     job.model.eval()
+    with torch.random.fork_rng(devices=[state.device] if state.is_cuda else []):
+        # stochastic losses (diffusion noise) draw the same numbers every epoch, and training's stream is untouched
+        torch.manual_seed(job.cfg.seed + 7919 * (1 + parallel.rank()))
+        return _evaluate_shards(job, state, target, rows, size)
+
+
+def _evaluate_shards(job: Job, state, target, rows: range, size: int) -> dict[str, float]:
     chunks = [(i, min(i + size, rows.stop)) for i in range(rows.start, rows.stop, size)] or [(0, 0)]
     sums = None
     for lo, hi in chunks:  # an empty shard evaluates one sample with weight 0, to join the all-reduce
@@ -405,6 +412,8 @@ def _epoch(job: Job, epoch: int, show: bool, wall0: float) -> tuple[dict, bool]:
     from tqdm.auto import tqdm
 
     lr, tick, n = job.optimizer.param_groups[0]["lr"], time.perf_counter(), len(job.data["train"][0])
+    if job.model.begin_epoch(epoch):  # a new training phase (e.g. two-phase L-CDM): its own best model
+        job.state.update(best_val=math.inf, bad_epochs=0)
     with tqdm(total=math.ceil(n / job.cfg.batch_size), disable=not show, leave=False, desc=f"epoch {epoch + 1}",
               unit="batch") as bar:
         train = train_epoch(job, epoch, bar)

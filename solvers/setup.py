@@ -96,8 +96,13 @@ def initial_state(flow: FlowConfig, grid: Grid, ensemble: int, rng: MemberRNG) -
         raise ValueError(f"bad flow.init.params {params} for init kind {kind!r}: {err}") from err
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
 def _from_file(grid: Grid, ensemble: int, params: dict) -> tuple[torch.Tensor, float]:
     path, frame = Path(params.pop("path")), params.pop("frame", -1)
+    if not path.is_absolute() and not path.exists() and (PACKAGE_ROOT / path).exists():
+        path = PACKAGE_ROOT / path  # files shipped with the package (e.g. the latent_cdm demo's initial state)
     if params:
         raise ValueError(f"init kind 'file' takes params path and frame only, got extra {sorted(params)}")
     if frame is None:
