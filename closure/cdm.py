@@ -29,6 +29,7 @@ class _CDMClosure(LearnedClosure):
     (default: the values stored with the model, E1's 10-step Euler-Maruyama from t = 0.4 to 1e-3)."""
 
     default_every = 5
+    stochastic: ClassVar[bool] = True  # ensembles differ per member (evaluation runs several)
 
     def __init__(self, grid: Grid, equation, *, checkpoint: str | None = None, device=None,
                  sampler: str | None = None, steps: int | None = None, t_max: float | None = None,

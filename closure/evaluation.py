@@ -31,6 +31,7 @@ import yaml
 from solvers import diagnostics
 from solvers.config import FlowConfig, build_dataclass
 from solvers.pairs import PairData, read_attrs, read_pairs
+from solvers.random import MemberRNG
 from solvers.rollout import rollout
 from solvers.setup import build_flow
 
@@ -95,9 +96,10 @@ class _Timed:
     """Wraps a plug-in and accumulates the wall time of its calls."""
 
     def __init__(self, plugin):
-        self.plugin, self.kind, self.seconds = plugin, plugin.kind, 0.0
+        self.plugin, self.kind, self.seconds, self.calls = plugin, plugin.kind, 0.0, 0
 
     def __call__(self, state):
+        self.calls += 1
         start = time.perf_counter()
         out = self.plugin(state)
         if state.w.is_cuda:
@@ -119,6 +121,8 @@ class PosterioriResult:
     wall_s: float
     plugin_s: float
     blew_up: bool
+    calls: int = 0  # plug-in calls, all trajectories
+    members: int = 1
 
 
 def a_posteriori(name: str, options: dict, attrs: dict, reference: np.ndarray, ref_times: np.ndarray,
@@ -134,12 +138,13 @@ def a_posteriori(name: str, options: dict, attrs: dict, reference: np.ndarray, r
     sums = {k: np.zeros(len(ref_times)) for k in ("rel_l2", "ens", "spread", "z", "zref")}
     spec = spec_ref = 0.0
     wall = plug = 0.0
+    calls = 0
     blew_up = False
     for traj in range(reference.shape[0]):
         truth = torch.as_tensor(reference[traj]).to(grid.device, grid.dtype)  # (rtime, x, y)
         w = truth[0].expand(members, -1, -1).clone()
         timed = _Timed(plugin) if plugin is not None else None
-        gen = torch.Generator(device=grid.device).manual_seed(seed + traj)
+        gen = MemberRNG(seed + traj, members, device=grid.device)  # each member its own stream
         start = time.perf_counter()
         for i in range(len(ref_times)):
             if i > 0 and not blew_up:
@@ -158,11 +163,12 @@ def a_posteriori(name: str, options: dict, attrs: dict, reference: np.ndarray, r
             sums["zref"][i] += float(diagnostics.enstrophy(truth[i], grid))
         wall += time.perf_counter() - start
         plug += timed.seconds if timed is not None else 0.0
+        calls += timed.calls if timed is not None else 0
         spec = spec + diagnostics.energy_spectrum(w, grid)[1].mean(0).double().cpu().numpy()
         spec_ref = spec_ref + diagnostics.energy_spectrum(truth[-1:], grid)[1][0].double().cpu().numpy()
     n = reference.shape[0]
     return PosterioriResult(ref_times, sums["rel_l2"] / n, sums["ens"] / n, sums["spread"] / n, sums["z"] / n,
-                            sums["zref"] / n, spec / n, spec_ref / n, wall, plug, blew_up)
+                            sums["zref"] / n, spec / n, spec_ref / n, wall, plug, blew_up, calls, members)
 
 
 def _parse_checkpoints(items: list[str]) -> dict[str, str]:
@@ -175,9 +181,21 @@ def _parse_checkpoints(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _parse_options(items: list[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        name, dot, option = key.partition(".")
+        if not sep or not dot or not name or not option:
+            raise ValueError(f"--option takes NAME.KEY=VALUE (e.g. latent_cdm.steps=5), got {item!r}")
+        out.setdefault(name, {})[option] = yaml.safe_load(value)
+    return out
+
+
 def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str], out: str | Path,
              ensemble: int = 8, every: int | None = None, device: str = "cpu", dtype: str = "float32",
-             seed: int = 0, max_test: int | None = None) -> dict:
+             seed: int = 0, max_test: int | None = None, options: dict[str, dict] | None = None,
+             t_end: float | None = None) -> dict:
     """Run both evaluations for every plug-in; write JSON, markdown and figures under ``out``."""
     unknown = [c for c in closures if c != RESOLVED and c not in available()]
     if unknown:
@@ -185,10 +203,15 @@ def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str],
     attrs = read_attrs(data)
     test = read_pairs(data, "test")
     reference, ref_times = _reference(data, test, max_test)
+    if t_end is not None:
+        keep = ref_times <= t_end + 1e-9
+        if keep.sum() < 2:
+            raise ValueError(f"--t-end {t_end} leaves fewer than 2 reference times (window {ref_times[0]}..{ref_times[-1]})")
+        reference, ref_times = reference[:, keep], ref_times[keep]
     _, flow, _ = _setup(attrs, device, dtype)
     results = {"data": str(data), "kind": attrs.get("kind"), "grid_n": int(attrs["grid_n"]), "closures": {}}
     for name in closures:
-        options = {"checkpoint": checkpoints[name]} if name in checkpoints else {}
+        options = {**({"checkpoint": checkpoints[name]} if name in checkpoints else {}), **(options or {}).get(name, {})}
         log.info("evaluating %s", name)
         prior = a_priori(_make(name, flow, options), test, flow) if name != RESOLVED else None
         post = a_posteriori(name, options, attrs, reference, ref_times, ensemble, every, device, dtype, seed)
@@ -227,7 +250,7 @@ def markdown_table(results: dict) -> str:
     times = first["times"]
     picks = _pick_times(times)
     head = ["closure", "mse", "rel_l2", "corr"] + [f"ens_mean_rel_l2 t={times[i]:.4g}" for i in picks]
-    head += ["spread (end)", "enstrophy err (end)", "rollout s", "closure share"]
+    head += ["spread (end)", "enstrophy err (end)", "rollout s", "closure ms/call", "closure cost / solver"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results["closures"].items():
         prior, post = r["a_priori"], r["a_posteriori"]
@@ -235,9 +258,12 @@ def markdown_table(results: dict) -> str:
                                                             f"{prior['corr']:.3f}"])
         cells += [f"{post['ens_mean_rel_l2'][i]:.3g}" for i in picks]
         z_err = abs(post["enstrophy"][-1] - post["enstrophy_ref"][-1]) / post["enstrophy_ref"][-1]
-        share = post["plugin_s"] / post["wall_s"] if post["wall_s"] else 0.0
-        cells += [f"{post['spread'][-1]:.3g}", f"{z_err:.3g}", f"{post['wall_s']:.1f}", f"{share:.0%}"]
-        cells[-4:] = cells[-4:] if not post["blew_up"] else cells[-4:-1] + ["blew up"]
+        calls, solver_s = post.get("calls", 0), post["wall_s"] - post["plugin_s"]
+        per_call = f"{1e3 * post['plugin_s'] / calls:.3g} (x{post.get('members', 1)})" if calls else "—"
+        ratio = f"{post['plugin_s'] / solver_s:.3g}x" if calls and solver_s > 0 else "—"
+        cells += [f"{post['spread'][-1]:.3g}", f"{z_err:.3g}", f"{post['wall_s']:.1f}", per_call, ratio]
+        if post["blew_up"]:
+            cells[-1] = "blew up"
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -281,6 +307,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="solver precision")
     parser.add_argument("--seed", type=int, default=0, help="seed for stochastic plug-ins")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME.KEY=VALUE",
+                        help="plug-in option, value read as YAML, e.g. latent_cdm.steps=5 or latent_cdm.sampler=heun "
+                             "(repeatable)")
+    parser.add_argument("--t-end", type=float, default=None, metavar="T",
+                        help="end the a-posteriori window at time T (default: the dataset's whole reference window)")
     parser.add_argument("--out", default="runs/evaluation", metavar="DIR", help="output folder (JSON, table.md, PNG)")
 
 
@@ -289,7 +320,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         results = evaluate(args.data, args.closure, _parse_checkpoints(args.checkpoint), args.out, args.ensemble,
-                           args.every, args.device, args.dtype, args.seed, args.max_test)
+                           args.every, args.device, args.dtype, args.seed, args.max_test,
+                           _parse_options(args.option), args.t_end)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
