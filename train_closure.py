@@ -3,6 +3,7 @@
     python train_closure.py generate --config configs/data_e1_small.yaml
     python train_closure.py train --closure fno --data data/e1_small.h5
     python train_closure.py evaluate --data data/e1_small.h5 --closure none fno --checkpoint fno=runs/fno/best.pt
+    python train_closure.py export --checkpoint runs/fno/best.pt --out models/fno.pt
 
 Every subcommand has its own ``--help``. Multi-process runs: ``torchrun --nproc-per-node K
 train_closure.py <subcommand> ...`` (data generation shards trajectories, training is DDP).
@@ -19,6 +20,7 @@ def _subcommands():
         "generate": ("solvers.datagen", "run DNS and write (coarse state, exact closure) pairs to HDF5"),
         "train": ("latent.training", "train a learned closure plug-in on a pair dataset"),
         "evaluate": ("closure.evaluation", "a-priori and a-posteriori evaluation of plug-ins"),
+        "export": ("latent.export", "weights-only copy of a trained checkpoint plus a manifest, for shipping"),
     }
 
 
@@ -27,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="train_closure.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train,evaluate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train,evaluate,export}")
     for name, (module, text) in _subcommands().items():
         sp = sub.add_parser(name, help=text, description=text)
         sp.set_defaults(_module=module)

@@ -8,12 +8,16 @@
 - a-posteriori, from each test trajectory's coarse truth at the start of the dataset's reference
   window: closed-loop rollouts of the coarse model with the plug-in (an ensemble for stochastic
   plug-ins), compared with the coarse truth at every reference time: ``rel_l2`` (member mean),
-  ``ens_mean_rel_l2``, ``spread``, enstrophy, and the energy spectrum at the last time; the
-  wall-clock cost of the plug-in's calls against the bare solver's.
+  ``ens_mean_rel_l2``, ``ens_mean_rmse``, ``spread``, enstrophy, and the energy spectrum at the last
+  time; the wall-clock cost of the plug-in's calls against the bare solver's;
+- long run (``--long-steps N``, for chaotic E2 flows): ``N`` closed-loop steps from the same starts,
+  statistics after a 10 % spin-up against those of the filtered DNS (every frame of /state, see
+  :mod:`closure.statistics`), blow-up, and spread-skill over ``--lyapunov`` time units of the
+  a-posteriori window.
 
 The pseudo-name ``resolved`` runs the coarse grid with its own resolved convection and no plug-in:
 for E1 ("missing physics") it is the physics baseline a learned closure is measured against.
-Writes ``<out>/evaluation.json``, ``<out>/table.md`` and PNG figures.
+Writes ``<out>/evaluation.json``, ``<out>/table.md`` (a second table for the long run) and PNG figures.
 """
 from __future__ import annotations
 
@@ -32,12 +36,14 @@ from solvers import diagnostics
 from solvers.config import FlowConfig, build_dataclass
 from solvers.pairs import PairData, read_attrs, read_pairs
 from solvers.random import MemberRNG
-from solvers.rollout import rollout
+from solvers.rollout import BlowUpError, rollout
 from solvers.setup import build_flow
 
+from . import statistics
 from .registry import available, make_plugin
 
-__all__ = ["coarse_flow", "a_priori", "a_posteriori", "evaluate", "markdown_table", "add_arguments", "run"]
+__all__ = ["coarse_flow", "a_priori", "a_posteriori", "long_run", "evaluate", "markdown_table", "long_run_table",
+           "add_arguments", "run"]
 
 log = logging.getLogger(__name__)
 RESOLVED = "resolved"
@@ -123,6 +129,7 @@ class PosterioriResult:
     blew_up: bool
     calls: int = 0  # plug-in calls, all trajectories
     members: int = 1
+    ens_mean_rmse: np.ndarray | None = None  # (rtime,) absolute RMS error of the ensemble mean (spread-skill)
 
 
 def a_posteriori(name: str, options: dict, attrs: dict, reference: np.ndarray, ref_times: np.ndarray,
@@ -135,7 +142,7 @@ def a_posteriori(name: str, options: dict, attrs: dict, reference: np.ndarray, r
     every = every or (plugin.default_every if plugin is not None else 1)
     interval = float(ref_times[1] - ref_times[0])
     steps_per = max(1, round(interval / dt))
-    sums = {k: np.zeros(len(ref_times)) for k in ("rel_l2", "ens", "spread", "z", "zref")}
+    sums = {k: np.zeros(len(ref_times)) for k in ("rel_l2", "ens", "rmse", "spread", "z", "zref")}
     spec = spec_ref = 0.0
     wall = plug = 0.0
     calls = 0
@@ -158,6 +165,7 @@ def a_posteriori(name: str, options: dict, attrs: dict, reference: np.ndarray, r
                 w = torch.full_like(w, float("nan"))
             sums["rel_l2"][i] += float(diagnostics.rel_l2(w, truth[i].expand_as(w)))
             sums["ens"][i] += float(diagnostics.ens_mean_rel_l2(w, truth[i]))
+            sums["rmse"][i] += float(torch.sqrt(((w.mean(0) - truth[i]) ** 2).mean()))
             sums["spread"][i] += float(diagnostics.spread(w))
             sums["z"][i] += float(diagnostics.enstrophy(w, grid).mean())
             sums["zref"][i] += float(diagnostics.enstrophy(truth[i], grid))
@@ -168,7 +176,52 @@ def a_posteriori(name: str, options: dict, attrs: dict, reference: np.ndarray, r
         spec_ref = spec_ref + diagnostics.energy_spectrum(truth[-1:], grid)[1][0].double().cpu().numpy()
     n = reference.shape[0]
     return PosterioriResult(ref_times, sums["rel_l2"] / n, sums["ens"] / n, sums["spread"] / n, sums["z"] / n,
-                            sums["zref"] / n, spec / n, spec_ref / n, wall, plug, blew_up, calls, members)
+                            sums["zref"] / n, spec / n, spec_ref / n, wall, plug, blew_up, calls, members,
+                            sums["rmse"] / n)
+
+
+def long_run(name: str, options: dict, attrs: dict, w0: np.ndarray, steps: int, every: int | None, device: str,
+             dtype: str, seed: int, members: int, sample_every: int, t0: float = 0.0) -> dict:
+    """A long closed-loop run from ``w0`` ``(traj, x, y)``: flow statistics after a 10 % spin-up, blow-up, cost.
+
+    Stochastic plug-ins run ``members`` members per start state, each with its own random stream. The
+    run advances in chunks of ``sample_every`` steps (rounded up to a multiple of the plug-in period);
+    each chunk's end state after the spin-up is a snapshot, reduced at once by
+    :func:`closure.statistics.run_statistics`. A non-finite state (BlowUpError) stops the run. Returns
+    ``stats`` (``FlowStatistics`` or ``None``), ``steps``, ``steps_run``, ``blew_up``, ``blow_up_t``,
+    ``snapshots``, ``members``, ``wall_s``, ``plugin_s``.
+    """
+    flow_cfg, flow, dt = _setup(attrs, device, dtype, resolved=name == RESOLVED)
+    plugin = _make(name, flow, options)
+    members = members if getattr(plugin, "stochastic", False) else 1
+    every = every or (plugin.default_every if plugin is not None else 1)
+    chunk = every * -(-sample_every // every)
+    w = torch.as_tensor(w0).to(flow.grid.device, flow.grid.dtype).repeat_interleave(members, 0)
+    gen = MemberRNG(seed, w.shape[0], device=flow.grid.device)
+    timed = _Timed(plugin) if plugin is not None else None
+    info = {"steps": steps, "steps_run": 0, "blew_up": False, "blow_up_t": None, "snapshots": 0, "members": members}
+
+    def snapshots():
+        nonlocal w
+        while info["steps_run"] < steps:
+            done, n = info["steps_run"], min(chunk, steps - info["steps_run"])
+            try:
+                w = rollout(w, flow.equation, dt, n, stepper=flow_cfg.stepper, plugin=timed, every=every,
+                            generator=gen, t0=t0 + done * dt, check_every=min(n, 100)).w
+            except BlowUpError as err:
+                log.warning("%s blew up in the long run: %s", name, err)
+                info.update(blew_up=True, blow_up_t=t0 + (done + err.result.steps) * dt,
+                            steps_run=round((err.last_good_t - t0) / dt))
+                return
+            info["steps_run"] = done + n
+            if info["steps_run"] > steps // 10:
+                info["snapshots"] += 1
+                yield w
+
+    start = time.perf_counter()
+    info["stats"] = statistics.run_statistics(snapshots(), flow.grid)
+    info.update(wall_s=time.perf_counter() - start, plugin_s=timed.seconds if timed is not None else 0.0)
+    return info
 
 
 def _parse_checkpoints(items: list[str]) -> dict[str, str]:
@@ -195,11 +248,14 @@ def _parse_options(items: list[str]) -> dict[str, dict]:
 def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str], out: str | Path,
              ensemble: int = 8, every: int | None = None, device: str = "cpu", dtype: str = "float32",
              seed: int = 0, max_test: int | None = None, options: dict[str, dict] | None = None,
-             t_end: float | None = None) -> dict:
-    """Run both evaluations for every plug-in; write JSON, markdown and figures under ``out``."""
+             t_end: float | None = None, long_steps: int = 0, long_every: int = 50, lyapunov: float = 5.0) -> dict:
+    """Run both evaluations (and with ``long_steps`` the long run) for every plug-in; write JSON,
+    markdown and figures under ``out``."""
     unknown = [c for c in closures if c != RESOLVED and c not in available()]
     if unknown:
         raise ValueError(f"unknown closure(s) {unknown}; choose from {available() + [RESOLVED]}")
+    if long_steps < 0 or long_every < 1:
+        raise ValueError(f"need --long-steps >= 0 and --long-every >= 1, got {long_steps} and {long_every}")
     attrs = read_attrs(data)
     test = read_pairs(data, "test")
     reference, ref_times = _reference(data, test, max_test)
@@ -210,18 +266,62 @@ def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str],
         reference, ref_times = reference[:, keep], ref_times[keep]
     _, flow, _ = _setup(attrs, device, dtype)
     results = {"data": str(data), "kind": attrs.get("kind"), "grid_n": int(attrs["grid_n"]), "closures": {}}
+    if long_steps:
+        ref_stats, long_stats = _dns_statistics(data, flow.grid), {}
+        results["long_run_reference"] = _stats_json(ref_stats)
     for name in closures:
         options = {**({"checkpoint": checkpoints[name]} if name in checkpoints else {}), **(options or {}).get(name, {})}
         log.info("evaluating %s", name)
         prior = a_priori(_make(name, flow, options), test, flow) if name != RESOLVED else None
         post = a_posteriori(name, options, attrs, reference, ref_times, ensemble, every, device, dtype, seed)
         results["closures"][name] = {"a_priori": prior, "a_posteriori": _jsonable(post)}
+        if long_steps:
+            run = long_run(name, options, attrs, reference[:, 0], long_steps, every, device, dtype, seed, ensemble,
+                           long_every, float(ref_times[0]))
+            long_stats[name] = stats = run.pop("stats")
+            skill = statistics.spread_skill(post.ens_mean_rmse, post.spread, ref_times, float(ref_times[0]),
+                                            lyapunov, post.members)
+            results["closures"][name]["long_run"] = {**statistics.compare(stats, ref_stats), "spread_skill": skill,
+                                                     **run, **_stats_json(stats)}
+    if long_steps:
+        _add_pdfs(results, ref_stats, long_stats)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(results, indent=2))
-    (out / "table.md").write_text(markdown_table(results))
+    (out / "table.md").write_text(markdown_table(results) + (f"\n{long_run_table(results)}" if long_steps else ""))
     _figures(results, out, float(attrs["grid_length"]))
+    if long_steps:
+        _long_run_figure(results, out)
     return results
+
+
+def _dns_statistics(data, grid) -> statistics.FlowStatistics:
+    """Statistics of the filtered DNS: every frame of /state, all splits, one trajectory at a time."""
+    import h5py
+
+    with h5py.File(data, "r") as f:
+        return statistics.merge_statistics(statistics.reference_statistics(f["state"][i], grid)
+                                           for i in range(f["state"].shape[0]))
+
+
+def _stats_json(stats: statistics.FlowStatistics | None) -> dict:
+    """Mean energy, enstrophy and spectrum (``None`` for a run without statistics)."""
+    if stats is None:
+        return {"energy": None, "enstrophy": None, "spectrum": None}
+    return {"energy": stats.energy, "enstrophy": stats.enstrophy, "spectrum": stats.spectrum.tolist()}
+
+
+def _add_pdfs(results: dict, ref: statistics.FlowStatistics, runs: dict, bins: int = 81) -> None:
+    """Vorticity PDFs of the filtered DNS and the long runs on shared bins: the range of all samples, at
+    most the reference's range widened by its span on each side."""
+    values = [ref.vorticity] + [s.vorticity for s in runs.values() if s is not None]
+    lo, hi = float(ref.vorticity.min()), float(ref.vorticity.max())
+    span = hi - lo
+    lo, hi = max(lo - span, min(float(v.min()) for v in values)), min(hi + span, max(float(v.max()) for v in values))
+    entries = [(results["long_run_reference"], ref)] + [(results["closures"][n]["long_run"], s) for n, s in runs.items()]
+    for entry, stats in entries:
+        pdf = None if stats is None else diagnostics.vorticity_pdf(torch.from_numpy(stats.vorticity), bins, (lo, hi))
+        entry.update(pdf_centres=None if pdf is None else pdf[0].tolist(), pdf=None if pdf is None else pdf[1].tolist())
 
 
 def _reference(data, test: PairData, max_test: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -268,6 +368,23 @@ def markdown_table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def long_run_table(results: dict) -> str:
+    """One row per plug-in with a long run: statistics errors against the filtered DNS, spread-skill, stability."""
+    head = ["closure", "spectrum_error", "energy err", "enstrophy err", "pdf W1", "spread/skill", "steps run",
+            "blew up"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results["closures"].items():
+        if "long_run" not in r:
+            continue
+        lr = r["long_run"]
+        cells = [name] + [f"{lr[k]:.3g}" for k in ("spectrum_error", "energy_rel_err", "enstrophy_rel_err",
+                                                   "pdf_wasserstein")]
+        cells += [f"{lr['spread_skill']:.3g}" if lr["members"] > 1 else "—", f"{lr['steps_run']}/{lr['steps']}",
+                  f"t={lr['blow_up_t']:.4g}" if lr["blew_up"] else "no"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def _figures(results: dict, out: Path, length: float) -> None:
     from solvers.figures import _figure
 
@@ -291,6 +408,26 @@ def _figures(results: dict, out: Path, length: float) -> None:
     fig.savefig(out / "evaluation.png", dpi=110)
 
 
+def _long_run_figure(results: dict, out: Path) -> None:
+    """``long_run.png``: mean energy spectra and vorticity PDFs of the long runs against the filtered DNS."""
+    from solvers.figures import _figure
+
+    fig = _figure(9, 3.6)
+    ax_spec, ax_pdf = fig.subplots(1, 2)
+    curves = [(name, r["long_run"], f"C{i}", "-") for i, (name, r) in enumerate(results["closures"].items())
+              if r.get("long_run", {}).get("spectrum") is not None]
+    for name, s, color, ls in curves + [("filtered DNS", results["long_run_reference"], "k", "--")]:
+        spectrum = np.asarray(s["spectrum"])
+        ax_spec.loglog(np.arange(1, len(spectrum)), np.maximum(spectrum[1:], 1e-30), color=color, ls=ls, label=name)
+        pdf = np.asarray(s["pdf"])
+        ax_pdf.semilogy(s["pdf_centres"], np.where(pdf > 0, pdf, np.nan), color=color, ls=ls, label=name)
+    ax_spec.set(xlabel="k", ylabel="mean E(k)")
+    ax_pdf.set(xlabel="vorticity", ylabel="PDF")
+    for ax in (ax_spec, ax_pdf):
+        ax.legend(fontsize=7)
+    fig.savefig(out / "long_run.png", dpi=110)
+
+
 def _ref_rms(post: dict) -> float:
     return float(np.sqrt(2 * np.mean(post["enstrophy_ref"])))
 
@@ -312,6 +449,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(repeatable)")
     parser.add_argument("--t-end", type=float, default=None, metavar="T",
                         help="end the a-posteriori window at time T (default: the dataset's whole reference window)")
+    parser.add_argument("--long-steps", type=int, default=0, metavar="N",
+                        help="also run N closed-loop steps per closure and compare long-run statistics with the "
+                             "filtered DNS (default 0: off)")
+    parser.add_argument("--long-every", type=int, default=50, metavar="K",
+                        help="long run: snapshot period in steps (default 50)")
+    parser.add_argument("--lyapunov", type=float, default=5.0, metavar="T",
+                        help="spread-skill horizon in time units after the window start (default 5.0)")
     parser.add_argument("--out", default="runs/evaluation", metavar="DIR", help="output folder (JSON, table.md, PNG)")
 
 
@@ -321,10 +465,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = evaluate(args.data, args.closure, _parse_checkpoints(args.checkpoint), args.out, args.ensemble,
                            args.every, args.device, args.dtype, args.seed, args.max_test,
-                           _parse_options(args.option), args.t_end)
+                           _parse_options(args.option), args.t_end, args.long_steps, args.long_every,
+                           args.lyapunov)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown_table(results))
-    print(f"wrote {Path(args.out) / 'evaluation.json'}, table.md and evaluation.png")
+    if args.long_steps:
+        print(long_run_table(results))
+    print(f"wrote {Path(args.out) / 'evaluation.json'}, table.md and evaluation.png"
+          + (" and long_run.png" if args.long_steps else ""))
     return 0

@@ -195,6 +195,12 @@ def save_checkpoint(path: str | Path, *, model: TrainableModel, closure: str, gr
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": rng or [], "training": dict(training or {}),
     }
+    return write_payload(path, payload)
+
+
+def write_payload(path: str | Path, payload: dict) -> Path:
+    """``torch.save`` a checkpoint payload atomically (``<path>.tmp``, fsync, rename)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:

@@ -118,3 +118,16 @@ def test_latent_cdm_and_two_phase_train_through_the_pipeline(tmp_path):
     assert float(two[3]["train_recon_h"]) == pytest.approx(float(two[2]["train_recon_h"]), rel=1e-4)  # AE frozen
     assert float(two[1]["train_recon_h"]) != pytest.approx(float(two[0]["train_recon_h"]), rel=1e-2)  # AE trains
     assert load_checkpoint(tmp_path / "latent_cdm_two_phase" / "best.pt").epoch >= 3  # best of phase 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["latent_cdm", "latent_cdm_two_phase", "p_cdm"])
+def test_cdm_plugins_keep_the_contract_on_cuda(name, tmp_path):
+    grid = Grid(16, 1.0, device="cuda", dtype=torch.float32)
+    eq = NavierStokes2D(grid, nu=1e-3)
+    ckpt = str(closure.plugin_class(name).example_checkpoint(tmp_path / "m.pt", grid, eq))
+    plugin = closure.make_plugin(name, grid, eq, checkpoint=ckpt, steps=2)
+    w0 = torch.randn(3, 16, 16, device="cuda")
+    out = rollout(w0, eq, 1e-3, 10, plugin=plugin, every=5, generator=MemberRNG(0, 3, device="cuda")).w
+    assert out.device.type == "cuda" and out.dtype == torch.float32 and out.shape == w0.shape
+    assert torch.isfinite(out).all() and not torch.equal(out[0], out[1])
