@@ -16,15 +16,15 @@ train() {  # train NAME OUT ARGS...: skip a finished run, resume an interrupted 
 }
 train fno runs/fno_e1_small --set epochs=40 --set "model.kwargs={modes: 12, width: 24, layers: 4, hidden: 64}" \
     --set schedule.min_lr=0
-train latent_cdm runs/latent_cdm_e1_small --set epochs=150 --set schedule.min_lr=1e-5 --set model.kwargs.modes=8
-train latent_cdm_two_phase runs/latent_cdm_two_phase_e1_small --set epochs=150 --set schedule.min_lr=1e-5 \
-    --set model.kwargs.modes=8 --set model.kwargs.ae_epochs=75
+train latent_cdm runs/latent_cdm_e1_small --set epochs=100 --set schedule.min_lr=1e-5 --set model.kwargs.modes=8
+train latent_cdm_two_phase runs/latent_cdm_two_phase_e1_small --set epochs=100 --set schedule.min_lr=1e-5 \
+    --set model.kwargs.modes=8 --set model.kwargs.ae_epochs=50
 train p_cdm runs/p_cdm_e1_small --set epochs=8 --set schedule.min_lr=1e-5
-python train_closure.py evaluate --data data/e1_small.h5 --ensemble 4 --out runs/eval_e1_cdm \
+python train_closure.py evaluate --data data/e1_small.h5 --ensemble 4 --every 5 --out runs/eval_e1_cdm \
     --closure none resolved fno latent_cdm_two_phase latent_cdm \
     --checkpoint fno=runs/fno_e1_small/best.pt --checkpoint latent_cdm=runs/latent_cdm_e1_small/best.pt \
     --checkpoint latent_cdm_two_phase=runs/latent_cdm_two_phase_e1_small/best.pt
-python train_closure.py evaluate --data data/e1_small.h5 --ensemble 4 --t-end 35 --out runs/eval_e1_pcdm \
+python train_closure.py evaluate --data data/e1_small.h5 --ensemble 4 --every 5 --t-end 35 --out runs/eval_e1_pcdm \
     --closure latent_cdm p_cdm \
     --checkpoint latent_cdm=runs/latent_cdm_e1_small/best.pt --checkpoint p_cdm=runs/p_cdm_e1_small/best.pt
 python benchmarks/cdm_sampling.py

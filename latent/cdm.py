@@ -135,6 +135,7 @@ class LatentCDMTwoPhase(LatentCDM):
     frozen encoders' latents (``0.1 score``). The score gradient never reaches the encoders."""
 
     joint = False
+    ddp_find_unused = True  # each phase leaves one part without gradients
 
     def __init__(self, ae_epochs: int = 100, ae_channels: int = 16, levels: int = 2, modes: int = 4, width: int = 20,
                  layers: int = 4, hidden: int = 64, embed: int = 32, sigma_max: float = 30.0,
@@ -148,10 +149,7 @@ class LatentCDMTwoPhase(LatentCDM):
         self.ae_epochs, self.phase = ae_epochs, 1 if ae_epochs > 0 else 2
 
     def begin_epoch(self, epoch: int) -> bool:
-        self.phase = 1 if epoch < self.ae_epochs else 2
-        for module in (self.enc_h, self.dec_h, self.enc_w, self.dec_w):
-            module.requires_grad_(self.phase == 1)
-        self.net.requires_grad_(self.phase == 2)
+        self.phase = 1 if epoch < self.ae_epochs else 2  # the other part runs under no_grad (no gradient at all)
         return epoch == self.ae_epochs and epoch > 0
 
     def loss(self, state, target):

@@ -34,6 +34,7 @@ class TrainableModel(nn.Module):
 
     name: str = ""
     spec: dict
+    ddp_find_unused: bool = False  # True when some parameters get no gradient in some steps (DDP must know)
 
     def loss(self, state: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar training loss (mean over the batch) and its named terms (detached scalars)."""

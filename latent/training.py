@@ -293,7 +293,8 @@ def prepare(args: argparse.Namespace) -> Job:
     step_model = _LossModule(model)
     if parallel.is_distributed():
         ids = [device.index] if device.type == "cuda" else None
-        step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)
+        step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids,
+                                                         find_unused_parameters=model.ddp_find_unused)
     return Job(cfg, out, model, step_model, optimizer, scheduler, data, meta, state, args)
 
 

@@ -44,3 +44,18 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert (flat[0] - flat[1]).norm() < 2e-3 * flat[1].norm()  # Adam amplifies float32 round-off in tiny gradients
     assert len(load_checkpoint(tmp_path / "ddp" / "last.pt").payload["rng"]) == 2  # both ranks' RNG streams
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["best.pt", "config.yaml", "last.pt", "log.csv"]
+
+
+@pytest.mark.distributed
+def test_two_phase_latent_cdm_trains_under_ddp(tmp_path):
+    """Each phase leaves one part of the model without gradients: DDP must be told (find_unused)."""
+    data = write_tiny_pairs(tmp_path / "pairs.h5", traj=6, times=4)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kwargs = "model.kwargs={ae_epochs: 1, ae_channels: 4, modes: 2, width: 4, layers: 1, hidden: 8, embed: 4}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT),
+           "train", "--closure", "latent_cdm_two_phase", "--data", str(data), "--out", "ddp", "--epochs", "2",
+           "--set", kwargs, "--set", "batch_size=4"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = read_log(tmp_path / "ddp")
+    assert len(log) == 2 and all(float(row["train_loss"]) > 0 for row in log)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# E2 closure comparison of issue 4 on the small CPU presets (DESIGN.md E2: Kolmogorov flow, Re = 1000,
+# 128^2 DNS filtered to 64^2 and 32^2 LES): train fno / latent_cdm / latent_cdm_two_phase / p_cdm on each
+# grid, then evaluate them beside none / smagorinsky / leith / dsmag: short-time ensemble error with
+# spread-skill over the reference window, and long-run statistics over 10^4 LES steps.
+#   bash benchmarks/e2_closures.sh [64|32 ...]     # default: both grids; resumable step by step
+# CPU departures: 400 training pairs per grid (4 trajectories x 100), tens of epochs, ensembles of 4;
+# p_cdm's long run is 2 500 steps (its sampling costs ~1 s per call on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GRIDS=("${@:-64 32}")
+train() {  # train NAME OUT ARGS...: skip a finished run, resume an interrupted one
+    local name=$1 out=$2; shift 2
+    if [ -f "$out/last.pt" ]; then python train_closure.py train --out "$out" --resume "$@" || true; return; fi
+    python train_closure.py train --closure "$name" --out "$out" "${COMMON[@]}" "$@"
+}
+for n in ${GRIDS[@]}; do
+    data=data/e2_les${n}_small.h5
+    [ -f "$data" ] || python train_closure.py generate --config configs/data_e2_les${n}_small.yaml
+    COMMON=(--data "$data" --set batch_size=32 --set schedule.kind=cosine --set schedule.min_lr=1e-5 --quiet)
+    modes=$([ "$n" = 64 ] && echo 8 || echo 4)  # latent grid n/4: at most n/8 modes
+    train fno runs/e2_les${n}/fno --set epochs=40 --set "model.kwargs={modes: 12, width: 24, layers: 4, hidden: 64}"
+    train latent_cdm runs/e2_les${n}/latent_cdm --set epochs=100 --set model.kwargs.modes=$modes
+    train latent_cdm_two_phase runs/e2_les${n}/latent_cdm_two_phase --set epochs=100 \
+        --set model.kwargs.modes=$modes --set model.kwargs.ae_epochs=50
+    train p_cdm runs/e2_les${n}/p_cdm --set epochs=20
+    ck=(--checkpoint fno=runs/e2_les${n}/fno/best.pt --checkpoint latent_cdm=runs/e2_les${n}/latent_cdm/best.pt
+        --checkpoint latent_cdm_two_phase=runs/e2_les${n}/latent_cdm_two_phase/best.pt
+        --checkpoint p_cdm=runs/e2_les${n}/p_cdm/best.pt)
+    python train_closure.py evaluate --data "$data" --ensemble 4 --long-steps 10000 --out runs/e2_les${n}/eval \
+        --closure none smagorinsky leith dsmag fno latent_cdm_two_phase latent_cdm "${ck[@]}"
+    python train_closure.py evaluate --data "$data" --ensemble 4 --long-steps 2500 --out runs/e2_les${n}/eval_p_cdm \
+        --closure p_cdm "${ck[@]}"
+done
