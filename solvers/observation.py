@@ -1,0 +1,138 @@
+"""Sensors and the observation operator shared by assimilation and reconstruction plug-ins.
+
+A sensor layout is a tensor of physical positions ``(sensors, 2)`` (``x``, ``y`` in ``[0, L)``; ``x``
+runs along the field's first spatial axis). :class:`ObservationOperator` samples a batched field
+``(batch, x, y)`` at those positions by evaluating its Fourier series (exact for band-limited
+fields, equal to the grid values at grid points), ``(batch, x, y) -> (batch, sensors)``, and adds
+additive or multiplicative Gaussian noise. It is linear, and :meth:`ObservationOperator.matrix`
+gives it as a dense ``(sensors, x*y)`` matrix for Kalman-type filters.
+
+Layouts: :func:`regular_sensors` (a ``nx x ny`` lattice, E3's 10 x 10), :func:`random_sensors`
+(uniform, optionally snapped to grid points), :func:`load_sensors` (``.npy`` / ``.csv`` / ``.txt``
+with two columns ``x, y``).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .grid import Grid
+from .random import normal_like
+
+__all__ = ["regular_sensors", "random_sensors", "load_sensors", "check_positions", "ObservationOperator", "NOISE_KINDS"]
+
+NOISE_KINDS = ("additive", "multiplicative")
+
+
+def check_positions(positions, length: float, source: str = "sensor positions") -> torch.Tensor:
+    """``(sensors, 2)`` float64 positions inside ``[0, length)``; ``ValueError`` naming the problem otherwise."""
+    p = torch.as_tensor(positions, dtype=torch.float64)
+    if p.dim() != 2 or p.shape[1] != 2:
+        raise ValueError(f"{source}: expected (sensors, 2) columns x, y, got shape {tuple(p.shape)}")
+    if p.shape[0] == 0:
+        raise ValueError(f"{source}: no sensors; give at least one position")
+    if not torch.isfinite(p).all():
+        raise ValueError(f"{source}: {int((~torch.isfinite(p)).any(1).sum())} position(s) are NaN or infinite")
+    outside = ((p < 0) | (p >= length)).any(1)
+    if outside.any():
+        first = p[outside][0].tolist()
+        raise ValueError(f"{source}: {int(outside.sum())} position(s) lie outside the domain [0, {length:.6g})^2, "
+                         f"e.g. {first}; wrap them (x mod L) or rescale to the box length")
+    return p
+
+
+def regular_sensors(nx: int, ny: int, length: float, offset: tuple[float, float] = (0.5, 0.5)) -> torch.Tensor:
+    """``nx * ny`` sensors at ``((i + ox) L / nx, (j + oy) L / ny)`` ``(sensors, 2)``, x-major."""
+    if nx < 1 or ny < 1:
+        raise ValueError(f"need nx, ny >= 1, got {nx}, {ny}")
+    x = (torch.arange(nx, dtype=torch.float64) + offset[0]) * length / nx
+    y = (torch.arange(ny, dtype=torch.float64) + offset[1]) * length / ny
+    return check_positions(torch.cartesian_prod(x, y) % length, length)
+
+
+def random_sensors(count: int, length: float, generator: torch.Generator | None = None,
+                   grid: Grid | None = None) -> torch.Tensor:
+    """``count`` uniform random positions ``(sensors, 2)``; with ``grid``, distinct grid points."""
+    if count < 1:
+        raise ValueError(f"need at least one sensor, got {count}")
+    if grid is None:
+        return torch.rand(count, 2, generator=generator, dtype=torch.float64) * length
+    if count > grid.n ** 2:
+        raise ValueError(f"{count} sensors do not fit on {grid.n}^2 grid points")
+    flat = torch.randperm(grid.n ** 2, generator=generator)[:count]
+    return torch.stack([flat // grid.n, flat % grid.n], dim=1).to(torch.float64) * grid.dx
+
+
+def load_sensors(path: str | Path, length: float) -> torch.Tensor:
+    """Positions from ``.npy`` ``(sensors, 2)`` or a ``.csv`` / ``.txt`` file of ``x, y`` rows (``#`` comments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sensor file {path} does not exist")
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif path.suffix in (".csv", ".txt"):
+            array = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
+        else:
+            raise ValueError(f"unsupported sensor file {path}: use .npy, .csv or .txt with columns x, y")
+    except (OSError, ValueError) as err:
+        if "unsupported" in str(err):
+            raise
+        raise ValueError(f"cannot read sensor file {path}: {err}") from err
+    return check_positions(array, length, f"sensor file {path}")
+
+
+class ObservationOperator:
+    """Samples ``(batch, x, y)`` fields at ``positions`` ``(sensors, 2)``; optional Gaussian noise.
+
+    ``noise``: standard deviation (additive: ``y = Hw + noise * e``; multiplicative:
+    ``y = Hw (1 + noise * e)``).
+    """
+
+    def __init__(self, grid: Grid, positions, noise: float = 0.0, kind: str = "additive") -> None:
+        if kind not in NOISE_KINDS:
+            raise ValueError(f"unknown noise kind {kind!r}; choose one of {list(NOISE_KINDS)}")
+        if not (math.isfinite(noise) and noise >= 0):
+            raise ValueError(f"noise must be a finite standard deviation >= 0, got {noise}")
+        self.grid, self.noise, self.kind = grid, float(noise), kind
+        self.positions = check_positions(positions, grid.length)
+        p = self.positions.to(grid.device)
+        ctype = grid.complex_dtype
+        kx = grid.kx[:, 0].to(torch.float64)
+        ky = grid.ky[0, :].to(torch.float64)
+        weight = torch.full_like(ky, 2.0)  # the rfft half-plane counts each ky > 0 twice ...
+        weight[0] = 1.0
+        weight[-1] = 1.0  # ... except ky = 0 and the Nyquist column
+        self._ex = torch.exp(1j * p[:, :1] * kx[None, :]).to(ctype)  # (sensors, kx)
+        self._ey = (torch.exp(1j * p[:, 1:] * ky[None, :]) * weight).to(ctype)  # (sensors, ky)
+
+    @property
+    def count(self) -> int:
+        return self.positions.shape[0]
+
+    def fraction(self) -> float:
+        """Sensors per grid point (E3: 100 / 64^2 = 2.4 %)."""
+        return self.count / self.grid.n ** 2
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        """Noise-free observations ``(batch, sensors)`` of ``w`` ``(batch, x, y)``."""
+        self.grid.check_field(w, "observed field")
+        w_hat = self.grid.rfft(w)
+        return torch.einsum("bkl,sk,sl->bs", w_hat, self._ex, self._ey).real
+
+    def observe(self, w: torch.Tensor, generator=None) -> torch.Tensor:
+        """Noisy observations ``(batch, sensors)``; ``generator`` as :func:`solvers.random.normal_like`."""
+        y = self(w)
+        if self.noise == 0:
+            return y
+        e = normal_like(y, generator, std=self.noise)
+        return y + e if self.kind == "additive" else y * (1 + e)
+
+    def matrix(self) -> torch.Tensor:
+        """The operator as a dense ``(sensors, x*y)`` matrix (row-major flattening of ``(x, y)``)."""
+        n = self.grid.n
+        eye = torch.eye(n * n, device=self.grid.device, dtype=self.grid.dtype).reshape(n * n, n, n)
+        return torch.cat([self(chunk) for chunk in eye.split(1024)]).T.contiguous()
