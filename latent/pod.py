@@ -1,0 +1,76 @@
+"""Gappy POD: a linear reconstruction baseline for sparse sensors (Everson & Sirovich 1995), with
+QR-pivoted sensor placement (Manohar et al. 2018, the method of PySensors' ``QR`` selector).
+
+Kept in a few lines of torch rather than depending on PySensors: the whole method is one SVD, one
+pivoted QR (``scipy.linalg.qr(pivoting=True)``) and one least-squares solve, and it then runs on
+the solver's device and dtype with any sensor positions (through
+:class:`solvers.observation.ObservationOperator`), not only grid points.
+
+Fields are ``(batch, x, y)``; the basis is ``(modes, x*y)`` (orthonormal rows) about a mean field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+
+__all__ = ["PODBasis", "fit_pod", "qr_sensors", "gappy_reconstruct"]
+
+
+@dataclass(frozen=True)
+class PODBasis:
+    mean: torch.Tensor  # (x*y,)
+    modes: torch.Tensor  # (modes, x*y), orthonormal rows
+    energy: torch.Tensor  # (modes,) singular values squared / (snapshots - 1)
+    shape: tuple[int, int]
+
+    def project(self, w: torch.Tensor) -> torch.Tensor:
+        """Coefficients ``(batch, modes)`` of ``w`` ``(batch, x, y)``."""
+        return (w.reshape(w.shape[0], -1) - self.mean) @ self.modes.T
+
+    def expand(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Fields ``(batch, x, y)`` from coefficients ``(batch, modes)``."""
+        return (self.mean + coeffs @ self.modes).reshape(-1, *self.shape)
+
+
+def fit_pod(snapshots: torch.Tensor, modes: int) -> PODBasis:
+    """The leading ``modes`` POD modes of ``snapshots`` ``(count, x, y)`` (thin SVD of the anomalies)."""
+    count = snapshots.shape[0]
+    if not 1 <= modes <= count:
+        raise ValueError(f"need 1 <= modes <= number of snapshots ({count}), got {modes}")
+    flat = snapshots.reshape(count, -1)
+    mean = flat.mean(0)
+    _, s, vh = torch.linalg.svd(flat - mean, full_matrices=False)
+    return PODBasis(mean, vh[:modes], s[:modes] ** 2 / max(count - 1, 1), tuple(snapshots.shape[1:]))
+
+
+def qr_sensors(basis: PODBasis, count: int) -> torch.Tensor:
+    """Grid-point indices ``(count,)`` (flattened ``x*y``) chosen by QR with column pivoting of the
+    basis: the points that best condition the gappy least-squares problem."""
+    if count < 1:
+        raise ValueError(f"need at least one sensor, got {count}")
+    _, _, pivots = scipy.linalg.qr(basis.modes.detach().cpu().double().numpy(), pivoting=True, mode="economic")
+    if count > len(pivots):
+        extra = np.setdiff1d(np.arange(basis.modes.shape[1]), pivots[:len(pivots)])[: count - len(pivots)]
+        pivots = np.concatenate([pivots, extra])
+    return torch.as_tensor(pivots[:count].copy(), device=basis.modes.device)
+
+
+def gappy_reconstruct(basis: PODBasis, values: torch.Tensor, sensor_rows: torch.Tensor,
+                      ridge: float = 0.0) -> torch.Tensor:
+    """Least-squares fit of the POD coefficients to sensor ``values`` ``(batch, sensors)``, then the
+    full field ``(batch, x, y)``. ``sensor_rows`` ``(sensors, x*y)`` maps a flattened field to the
+    sensors (``ObservationOperator.matrix()``, or one-hot rows for grid points); ``ridge`` adds
+    Tikhonov regularisation scaled by the modes' energy (for noisy or fewer-than-modes sensors)."""
+    if values.shape[-1] != sensor_rows.shape[0]:
+        raise ValueError(f"{values.shape[-1]} sensor values for {sensor_rows.shape[0]} sensor rows")
+    A = sensor_rows @ basis.modes.T  # (sensors, modes)
+    b = values - (sensor_rows @ basis.mean)[None]
+    if ridge > 0:
+        reg = torch.diag(ridge / basis.energy.clamp_min(1e-30))
+        coeffs = torch.linalg.solve(A.T @ A + reg, A.T @ b.T).T
+    else:
+        coeffs = torch.linalg.lstsq(A[None].expand(b.shape[0], -1, -1), b[..., None]).solution[..., 0]
+    return basis.expand(coeffs)
