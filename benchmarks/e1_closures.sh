@@ -4,7 +4,7 @@
 #   bash benchmarks/e1_closures.sh            # hours on 2 CPU cores; each step resumes / skips when done
 # Departures from the authors' settings (CPU budget): 1 200 training pairs (not 18 000), batch 32,
 # cosine schedule, tens of epochs (not 500), latent score network modes 8 (not 4: the 16^2 latent
-# allows 8, and 4 left the a-priori error at ~20 %), ensembles of 4 (not 100), p_cdm to t = 35 only.
+# allows 8, more capacity at little cost), ensembles of 4 (not 100), p_cdm to t = 35 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f data/e1_small.h5 ] || python train_closure.py generate --config configs/data_e1_small.yaml
@@ -25,6 +25,6 @@ python train_closure.py evaluate --data data/e1_small.h5 --ensemble 4 --every 5 
     --checkpoint fno=runs/fno_e1_small/best.pt --checkpoint latent_cdm=runs/latent_cdm_e1_small/best.pt \
     --checkpoint latent_cdm_two_phase=runs/latent_cdm_two_phase_e1_small/best.pt
 python train_closure.py evaluate --data data/e1_small.h5 --ensemble 4 --every 5 --t-end 35 --out runs/eval_e1_pcdm \
-    --closure latent_cdm p_cdm \
+    --closure p_cdm \
     --checkpoint latent_cdm=runs/latent_cdm_e1_small/best.pt --checkpoint p_cdm=runs/p_cdm_e1_small/best.pt
 python benchmarks/cdm_sampling.py
