@@ -5,7 +5,8 @@
     python benchmarks/cdm_sampling.py --device cuda --members 100 400
 
 Each case times ``model.predict`` (the plug-in's work per call: encode the condition, run the
-sampler, decode) with the models of configs/train_latent_cdm.yaml and configs/train_p_cdm.yaml at
+sampler, decode) with the shipped latent_cdm architecture (closure/checkpoints/*.json; else
+configs/train_latent_cdm.yaml) and the p_cdm of configs/train_p_cdm.yaml at
 equal sampler and step count, on the E1 64^2 grid, for an ensemble of M members (one batched call),
 plus the bare coarse solver's cost for the 5 steps the closure is held (E1: called every 5 steps).
 Reports ms per call, the latent speed-up over P-CDM (the issue's goal: >= 10x) and the closure
@@ -30,6 +31,7 @@ from solvers.forcing import make_forcing
 from solvers.stepping import make_stepper
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "cdm_sampling.json"
+SHIPPED_MANIFEST = Path(__file__).resolve().parent.parent / "closure" / "checkpoints" / "latent_cdm_e1_small.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     models = {}
     for name in ("latent_cdm", "p_cdm"):
-        cfg = load_train_config(CONFIG_DIR / f"train_{name}.yaml")
-        models[name] = build_model(name, **cfg.model.kwargs).to(device).eval()
+        kwargs = load_train_config(CONFIG_DIR / f"train_{name}.yaml").model.kwargs
+        if name == "latent_cdm" and SHIPPED_MANIFEST.is_file():
+            kwargs = json.loads(SHIPPED_MANIFEST.read_text())["model"]["kwargs"]
+        models[name] = build_model(name, **kwargs).to(device).eval()
     grid = Grid(64, 1.0, device=device)
     eq = NavierStokes2D(grid, nu=1e-3, forcing=make_forcing(grid, "fno", amplitude=0.1), convection=False)
     step = make_stepper("euler_cn", eq, 1e-3)
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['members']:>8} {r['latent_cdm_ms']:>14.2f} {r['p_cdm_ms']:>10.2f} {r['speedup']:>8.2f}x "
               f"{r['solver_5_steps_ms']:>18.3f} {r['latent_cdm_cost_x_solver']:>13.1f}x {r['p_cdm_cost_x_solver']:>12.1f}x")
     meta = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count(), "sampler": args.sampler, "steps": args.steps}
+            "machine": platform.machine(), "cpus": os.cpu_count(), "sampler": args.sampler, "steps": args.steps,
+            "models": {name: m.spec for name, m in models.items()}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
