@@ -42,7 +42,8 @@ from solvers.setup import build_flow
 from . import statistics
 from .registry import available, make_plugin
 
-__all__ = ["coarse_flow", "a_priori", "a_posteriori", "long_run", "evaluate", "markdown_table", "long_run_table",
+__all__ = ["coarse_flow", "a_priori", "a_posteriori", "long_run", "evaluate", "load_results", "merge_results",
+           "markdown_table", "long_run_table",
            "add_arguments", "run"]
 
 log = logging.getLogger(__name__)
@@ -248,9 +249,11 @@ def _parse_options(items: list[str]) -> dict[str, dict]:
 def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str], out: str | Path,
              ensemble: int = 8, every: int | None = None, device: str = "cpu", dtype: str = "float32",
              seed: int = 0, max_test: int | None = None, options: dict[str, dict] | None = None,
-             t_end: float | None = None, long_steps: int = 0, long_every: int = 50, lyapunov: float = 5.0) -> dict:
+             t_end: float | None = None, long_steps: int = 0, long_every: int = 50, lyapunov: float = 5.0,
+             merge: list[str | Path] | None = None) -> dict:
     """Run both evaluations (and with ``long_steps`` the long run) for every plug-in; write JSON,
-    markdown and figures under ``out``."""
+    markdown and figures under ``out``. ``merge`` lists earlier output folders on the same dataset whose
+    plug-ins join the table first (in the order given): long evaluations can run apart and combine."""
     unknown = [c for c in closures if c != RESOLVED and c not in available()]
     if unknown:
         raise ValueError(f"unknown closure(s) {unknown}; choose from {available() + [RESOLVED]}")
@@ -285,14 +288,47 @@ def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str],
                                                      **run, **_stats_json(stats)}
     if long_steps:
         _add_pdfs(results, ref_stats, long_stats)
+    if merge:
+        results = merge_results([load_results(m, attrs) for m in merge] + [results])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(results, indent=2))
-    (out / "table.md").write_text(markdown_table(results) + (f"\n{long_run_table(results)}" if long_steps else ""))
+    has_long = "long_run_reference" in results
+    (out / "table.md").write_text(markdown_table(results) + (f"\n{long_run_table(results)}" if has_long else ""))
     _figures(results, out, float(attrs["grid_length"]))
-    if long_steps:
+    if has_long:
         _long_run_figure(results, out)
     return results
+
+
+def load_results(folder: str | Path, attrs: dict) -> dict:
+    """``folder/evaluation.json`` of an earlier run, checked to be on a dataset like ``attrs`` describes."""
+    path = Path(folder) / "evaluation.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--merge {folder}: no evaluation.json there (run `train_closure.py evaluate "
+                                f"--out {folder}` first)")
+    try:
+        results = json.loads(path.read_text())
+        closures, grid_n = results["closures"], int(results["grid_n"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"--merge {folder}: {path} is not an evaluation result ({err})") from None
+    if grid_n != int(attrs["grid_n"]) or results.get("kind") != attrs.get("kind"):
+        raise ValueError(f"--merge {folder}: evaluated on a {results.get('kind')} {grid_n}^2 dataset, this one is "
+                         f"{attrs.get('kind')} {attrs['grid_n']}^2; merge only runs on the same dataset")
+    if not closures:
+        raise ValueError(f"--merge {folder}: holds no evaluated plug-in")
+    return results
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One result holding every part's plug-ins in order (a later part's entry replaces an earlier one of the
+    same name); the first long-run reference found is kept."""
+    merged = {**parts[0], "closures": {}}
+    for part in parts:
+        merged["closures"].update(part["closures"])
+        if "long_run_reference" in part and "long_run_reference" not in merged:
+            merged["long_run_reference"] = part["long_run_reference"]
+    return merged
 
 
 def _dns_statistics(data, grid) -> statistics.FlowStatistics:
@@ -346,17 +382,17 @@ def _pick_times(times: list[float], count: int = 4) -> list[int]:
 
 def markdown_table(results: dict) -> str:
     """One row per plug-in: a-priori metrics, ens_mean_rel_l2 at 4 times, final spread, cost."""
-    first = next(iter(results["closures"].values()))["a_posteriori"]
-    times = first["times"]
-    picks = _pick_times(times)
-    head = ["closure", "mse", "rel_l2", "corr"] + [f"ens_mean_rel_l2 t={times[i]:.4g}" for i in picks]
+    times = max((r["a_posteriori"]["times"] for r in results["closures"].values()), key=len)
+    targets = [times[i] for i in _pick_times(times)]
+    head = ["closure", "mse", "rel_l2", "corr"] + [f"ens_mean_rel_l2 t={t:.4g}" for t in targets]
     head += ["spread (end)", "enstrophy err (end)", "rollout s", "closure ms/call", "closure cost / solver"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results["closures"].items():
         prior, post = r["a_priori"], r["a_posteriori"]
         cells = [name] + (["—"] * 3 if prior is None else [f"{prior['mse']:.3g}", f"{prior['rel_l2']:.3g}",
                                                             f"{prior['corr']:.3f}"])
-        cells += [f"{post['ens_mean_rel_l2'][i]:.3g}" for i in picks]
+        at = {round(t, 6): e for t, e in zip(post["times"], post["ens_mean_rel_l2"])}
+        cells += [f"{at[round(t, 6)]:.3g}" if round(t, 6) in at else "—" for t in targets]
         z_err = abs(post["enstrophy"][-1] - post["enstrophy_ref"][-1]) / post["enstrophy_ref"][-1]
         calls, solver_s = post.get("calls", 0), post["wall_s"] - post["plugin_s"]
         per_call = f"{1e3 * post['plugin_s'] / calls:.3g} (x{post.get('members', 1)})" if calls else "—"
@@ -434,8 +470,12 @@ def _ref_rms(post: dict) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="FILE", help="closure-pair dataset (train_closure.py generate)")
-    parser.add_argument("--closure", nargs="+", default=["none"], metavar="NAME",
-                        help=f"plug-ins to compare, plus '{RESOLVED}' (coarse model with its own convection)")
+    parser.add_argument("--closure", nargs="*", default=None, metavar="NAME",
+                        help=f"plug-ins to compare, plus '{RESOLVED}' (coarse model with its own convection); "
+                             "default: none, or no new run when --merge is given")
+    parser.add_argument("--merge", action="append", default=[], metavar="DIR",
+                        help="also put the plug-ins of an earlier evaluation folder (same dataset) in the table and "
+                             "figures, before this run's (repeatable; runs can be split and combined)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=FILE",
                         help="checkpoint for a learned plug-in, e.g. fno=runs/fno/best.pt (repeatable)")
     parser.add_argument("--ensemble", type=int, default=8, help="members for stochastic plug-ins (default 8)")
@@ -463,10 +503,13 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     try:
-        results = evaluate(args.data, args.closure, _parse_checkpoints(args.checkpoint), args.out, args.ensemble,
+        closures = args.closure if args.closure is not None else ([] if args.merge else ["none"])
+        if not closures and not args.merge:
+            raise ValueError("nothing to evaluate: name plug-ins with --closure or earlier runs with --merge")
+        results = evaluate(args.data, closures, _parse_checkpoints(args.checkpoint), args.out, args.ensemble,
                            args.every, args.device, args.dtype, args.seed, args.max_test,
                            _parse_options(args.option), args.t_end, args.long_steps, args.long_every,
-                           args.lyapunov)
+                           args.lyapunov, args.merge)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

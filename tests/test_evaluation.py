@@ -85,3 +85,27 @@ def test_cli_errors(e1_data, tmp_path, capsys):
     assert "NAME=FILE" in capsys.readouterr().err
     assert train_closure.main(["evaluate", "--data", str(tmp_path / "nope.h5"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_split_runs_merge_into_one_table(e1_data, tmp_path):
+    """Runs evaluated apart (one over a shorter window) combine into one table, in the order given."""
+    evaluate(e1_data, ["none", "resolved"], {}, tmp_path / "a", device="cpu", dtype="float64")
+    evaluate(e1_data, ["_test_coarse_convection"], {}, tmp_path / "b", device="cpu", dtype="float64", t_end=0.4)
+    assert train_closure.main(["evaluate", "--data", str(e1_data), "--merge", str(tmp_path / "b"),
+                               "--merge", str(tmp_path / "a"), "--out", str(tmp_path / "c")]) == 0
+    saved = json.loads((tmp_path / "c" / "evaluation.json").read_text())
+    assert list(saved["closures"]) == ["_test_coarse_convection", "none", "resolved"]
+    rows = (tmp_path / "c" / "table.md").read_text().splitlines()
+    assert "ens_mean_rel_l2 t=1" in rows[0]
+    short = rows[2].split(" | ")  # the short run has its t = 0.4 entry, dashes after its window
+    assert short[-6] == "—" and any(c.strip() not in ("—", "") for c in short[4:6])
+    assert train_closure.main(["evaluate", "--data", str(e1_data), "--merge", str(tmp_path / "nope"),
+                               "--out", str(tmp_path / "d")]) == 2
+
+
+def test_merge_refuses_another_dataset(e1_data, tmp_path):
+    from closure.evaluation import load_results
+
+    evaluate(e1_data, ["none"], {}, tmp_path, device="cpu", dtype="float64")
+    with pytest.raises(ValueError, match="same dataset"):
+        load_results(tmp_path, {**read_attrs(e1_data), "grid_n": 32})
