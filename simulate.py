@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import closure
-from solvers import diagnostics, parallel
+from solvers import diagnostics, parallel, twin
 from solvers.config import RunConfig, config_to_yaml, load_config, parse_overrides, resolve
 from solvers.io import TrajectoryWriter
 from solvers.rollout import BlowUpError, rollout
@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="FILE", help="project .h5 trajectory to compare with at matching "
                    "times (within dt/2), coarse-grained if finer; prints and stores rel_l2, "
                    "ens_mean_rel_l2 and spread under metrics/")
+    obs = p.add_argument_group("twin experiments (assimilation plug-ins: enkf, letkf)")
+    obs.add_argument("--observe", metavar="TRUTH.h5", help="truth trajectory (a one-member project .h5, "
+                     "coarse-grained if finer) observed by sensors; also the --reference for the error metrics")
+    obs.add_argument("--sensors", metavar="LAYOUT", help="sensor layout: regular:NXxNY (default regular:10x10, E3), "
+                     "random:COUNT (off-grid), grid:COUNT (random grid points) or a .npy/.csv/.txt file of x, y rows")
+    obs.add_argument("--noise", metavar="SIGMA", type=float, help="observation noise standard deviation "
+                     "(default 0.1; relative size with --noise-kind multiplicative)")
+    obs.add_argument("--noise-kind", choices=["additive", "multiplicative"], dest="noise_kind",
+                     help="y = Hw + SIGMA e (default) or y = Hw (1 + SIGMA e)")
+    obs.add_argument("--obs-every", metavar="K", type=int, dest="obs_every", help="assimilate every K solver steps "
+                     "(the truth must have a frame at those times; default: the plug-in's default_every)")
+    obs.add_argument("--obs-seed", metavar="S", type=int, dest="obs_seed", help="seed of the observation noise "
+                     "and random layouts, apart from --seed so every method sees the same data (default 0)")
     p.add_argument("--checkpoint", metavar="FILE", help="model file, passed to plug-ins that take a "
                    "'checkpoint' option")
     p.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
@@ -82,7 +95,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides = parse_overrides(args.set)
     flags = {"closure.name": args.closure, "ensemble": args.ensemble, "closure.every": args.every,
              "device": args.device, "dtype": args.dtype, "seed": args.seed, "out": args.out,
-             "steps": args.steps, "t_end": args.t_end, "closure.options.checkpoint": args.checkpoint}
+             "steps": args.steps, "t_end": args.t_end, "closure.options.checkpoint": args.checkpoint,
+             "observe.truth": args.observe, "observe.sensors": args.sensors, "observe.noise": args.noise,
+             "observe.noise_kind": args.noise_kind, "observe.every": args.obs_every, "observe.seed": args.obs_seed}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.init_frame is not None and args.init is None:
         raise ValueError("--init-frame needs --init FILE")
@@ -111,8 +126,36 @@ def make_plugin(cfg: RunConfig, flow: Flow):
     if "checkpoint" in cfg.closure.options and "checkpoint" not in accepted:
         raise ValueError(f"closure {cfg.closure.name!r} takes no checkpoint; drop --checkpoint or choose a "
                          f"learned closure")
-    plugin = closure.make_plugin(cfg.closure.name, flow.grid, flow.equation, **cfg.closure.options)
-    return plugin, cfg.closure.every or cls.default_every
+    options = dict(cfg.closure.options)
+    every = cfg.closure.every or cls.default_every
+    if getattr(cls, "needs_observations", False):
+        if cfg.observe.truth is None:
+            raise ValueError(f"closure {cfg.closure.name!r} assimilates sensor data: give the truth trajectory "
+                             f"with --observe TRUTH.h5 (make one with simulate.py --ensemble 1)")
+        if cfg.ensemble < cls.min_members:
+            raise ValueError(f"closure {cfg.closure.name!r} needs an ensemble of at least {cls.min_members} members, "
+                             f"got {cfg.ensemble}; use --ensemble 20 (E3)")
+        if parallel.world_size() > 1:
+            raise ValueError(f"closure {cfg.closure.name!r} analyses the whole ensemble at once; run it in one "
+                             f"process (no torchrun)")
+        options["observations"] = observations = twin.sensor_data(
+            cfg.observe.truth, flow.grid, cfg.observe.sensors, cfg.observe.noise, cfg.observe.noise_kind,
+            cfg.observe.seed, flow.dt / 2, cfg.flow.coarse_grain)
+        every = cfg.observe.every or cfg.closure.every or cls.default_every
+        _check_observation_times(observations, flow, every, flow.t0 if cfg.t0 is None else cfg.t0)
+    plugin = closure.make_plugin(cfg.closure.name, flow.grid, flow.equation, **options)
+    return plugin, every
+
+
+def _check_observation_times(observations, flow: Flow, every: int, t0: float) -> None:
+    """The truth must have frames at some of the plug-in's call times ``t0 + j every dt``."""
+    times = observations.times()
+    calls = [t0 + j * every * flow.dt for j in range(1, 4)]
+    if not any(observations.reference.frame_index(t) is not None for t in calls):
+        raise ValueError(f"the truth {observations.reference.path} has no frame at the assimilation times "
+                         f"{[round(t, 6) for t in calls]} (every {every} steps of dt={flow.dt:g} from t0={flow.t0:g}); "
+                         f"its frames run {times[0]:g}..{times[-1]:g} every {times[1] - times[0] if len(times) > 1 else 0:g}: "
+                         f"record the truth at those times (--set record_every=K) or change --obs-every")
 
 
 def _check_device(device: str) -> None:
@@ -187,7 +230,8 @@ def prepare(args: argparse.Namespace):
     plugin, every = make_plugin(cfg, flow)
     out = Path(cfg.out or f"runs/{cfg.closure.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5")
     cfg = resolve(cfg, flow__dt=flow.dt, t0=t0, closure__every=every, out=str(out))
-    reference = Reference(args.reference, flow.grid, cfg.ensemble, flow.dt / 2, cfg.flow.coarse_grain) if args.reference else None
+    compare = args.reference or cfg.observe.truth
+    reference = Reference(compare, flow.grid, cfg.ensemble, flow.dt / 2, cfg.flow.coarse_grain) if compare else None
     return cfg, flow, plugin, steps, record_every, reference
 
 
@@ -217,6 +261,9 @@ def run(args: argparse.Namespace, prepared: tuple) -> int:
         result.w = parallel.gather_rows(result.w, cfg.ensemble)
         if main and reference is not None:
             writer.write_group("metrics", **{k: np.asarray(v) for k, v in recorder.metrics.items()})
+        history = getattr(plugin, "history", None)
+        if main and history and history.get("time"):
+            writer.write_group("assimilation", **{k: np.asarray(v) for k, v in history.items()})
         if main:
             writer.close(status, message)
     if not main:
@@ -225,6 +272,7 @@ def run(args: argparse.Namespace, prepared: tuple) -> int:
     figures = [] if args.no_figures else _figures(out)
     if not args.quiet:
         _print_metrics(recorder.metrics, reference)
+        _print_assimilation(getattr(plugin, "history", None))
         _print_summary(cfg, flow, result, wall, out, figures, plugin)
     if status == "blew_up":
         print(f"error: the run blew up: {message}.\nThe frames so far and the last good state are in {out} "
@@ -250,6 +298,17 @@ def _print_metrics(metrics: dict[str, list[float]], reference: Reference | None)
     print(f"{'t':>10} {'rel_l2':>12} {'ens_mean_rel_l2':>16} {'spread':>12}")
     for t, a, b, c in zip(*metrics.values()):
         print(f"{t:10.4g} {a:12.4e} {b:16.4e} {c:12.4e}")
+
+
+def _print_assimilation(history: dict | None) -> None:
+    """Forecast / analysis RMSE and spread at each observation time (DAPPER's view of a twin run)."""
+    if not history or not history.get("time"):
+        return
+    print(f"\nassimilation: {len(history['time'])} analyses")
+    print(f"{'t':>10} {'rmse_f':>10} {'rmse_a':>10} {'spread_f':>10} {'spread_a':>10} {'rel_rmse_a':>11} {'s':>8}")
+    for row in zip(*(history[k] for k in ("time", "rmse_f", "rmse_a", "spread_f", "spread_a", "rel_rmse_a",
+                                           "seconds"))):
+        print(f"{row[0]:10.4g} " + " ".join(f"{v:10.4g}" for v in row[1:5]) + f" {row[5]:11.4g} {row[6]:8.3g}")
 
 
 def _print_summary(cfg: RunConfig, flow: Flow, result, wall: float, out: Path, figures: list[Path],

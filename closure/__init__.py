@@ -9,5 +9,6 @@ from . import none  # noqa: F401  (registers "none")
 from . import classical  # noqa: F401
 from . import fno  # noqa: F401
 from . import cdm  # noqa: F401
+from . import assimilation  # noqa: F401
 
 __all__ = ["FlowState", "Plugin", "available", "make_plugin", "plugin_class", "register"]

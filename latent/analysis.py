@@ -1,5 +1,6 @@
 """Ensemble analysis steps as pure functions (shared by the assimilation plug-ins): the exact
-Kalman posterior (the reference) and the stochastic EnKF. The ensemble score filter joins here.
+Kalman posterior (the reference), the stochastic EnKF and the local ensemble transform Kalman filter
+(LETKF, Hunt et al. 2007) with Gaspari-Cohn localisation.
 
 Ensembles are ``(members, dim)`` (flatten fields first), observations ``y`` ``(obs,)``, the
 observation error is Gaussian with variances ``r`` ``(obs,)`` (diagonal ``R``). ``observe`` maps
@@ -14,7 +15,7 @@ import torch
 
 from solvers.random import normal_like
 
-__all__ = ["enkf_analysis", "kalman_posterior"]
+__all__ = ["enkf_analysis", "kalman_posterior", "letkf_analysis", "gaspari_cohn", "periodic_distance"]
 
 Observe = Callable[[torch.Tensor], torch.Tensor]
 
@@ -27,20 +28,67 @@ def kalman_posterior(mean: torch.Tensor, cov: torch.Tensor, y: torch.Tensor, H: 
     return mean + K @ (y - H @ mean), cov - K @ H @ cov
 
 
-def enkf_analysis(X: torch.Tensor, y: torch.Tensor, observe: Observe, r: torch.Tensor,
-                  generator=None) -> torch.Tensor:
+def enkf_analysis(X: torch.Tensor, y: torch.Tensor, observe: Observe | torch.Tensor, r: torch.Tensor,
+                  generator=None, localize: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Stochastic (perturbed-observation) EnKF analysis of ``X`` ``(members, dim)``.
 
     ``X_a = X + (y + e_i - h(x_i)) K^T`` with the ensemble gain
     ``K = C_xy (C_yy + R)^-1`` from the ensemble's anomalies (Burgers et al. 1998); the perturbations
-    ``e_i ~ N(0, R)`` are centred so the analysis mean is the Kalman update of the ensemble mean."""
+    ``e_i ~ N(0, R)`` are centred so the analysis mean is the Kalman update of the ensemble mean.
+    ``observe`` may also be the observed ensemble ``h(X)`` itself. ``localize = (rho_xy (dim, obs),
+    rho_yy (obs, obs))`` tapers both covariances elementwise (Schur product, Houtekamer & Mitchell 2001)."""
     n = X.shape[0]
     if n < 2:
         raise ValueError(f"the EnKF needs at least 2 members, got {n}")
-    HX = observe(X)
+    HX = observe if isinstance(observe, torch.Tensor) else observe(X)  # (members, obs)
     A, HA = X - X.mean(0), HX - HX.mean(0)
-    C_yy = HA.T @ HA / (n - 1) + torch.diag(r)
-    C_xy = A.T @ HA / (n - 1)
+    C_yy, C_xy = HA.T @ HA / (n - 1), A.T @ HA / (n - 1)
+    if localize is not None:
+        C_xy, C_yy = C_xy * localize[0], C_yy * localize[1]
+    C_yy = C_yy + torch.diag(r)
     e = normal_like(HX, generator) * r.sqrt()
     innovations = y[None] + (e - e.mean(0)) - HX  # (members, obs)
     return X + torch.linalg.solve(C_yy, innovations.T).T @ C_xy.T
+
+
+def letkf_analysis(X: torch.Tensor, HX: torch.Tensor, y: torch.Tensor, r: torch.Tensor,
+                   weights: torch.Tensor | None = None, inflation: float = 1.0) -> torch.Tensor:
+    """LETKF analysis of ``X`` ``(members, dim)`` given its observed values ``HX`` ``(members, obs)``.
+
+    Every state component ``g`` gets its own ensemble transform from the observations weighted by
+    ``weights[g]`` ``(dim, obs)`` in ``[0, 1]`` (R-localisation: ``R_g^-1 = diag(weights[g] / r)``);
+    ``weights=None`` is the global ETKF, whose mean and covariance are exactly the Kalman posterior of
+    the ensemble's mean and covariance for a linear ``H``. ``inflation`` multiplies the prior covariance.
+    Deterministic square root (symmetric), so the analysis ensemble stays centred on the analysis mean.
+    """
+    n = X.shape[0]
+    if n < 2:
+        raise ValueError(f"the LETKF needs at least 2 members, got {n}")
+    if inflation <= 0:
+        raise ValueError(f"inflation must be > 0, got {inflation}")
+    x_mean, y_mean = X.mean(0), HX.mean(0)
+    A, Y = X - x_mean, HX - y_mean  # (members, dim), (members, obs)
+    rinv = (1 / r)[None] if weights is None else weights / r  # (1 | dim, obs)
+    C = Y[None] * rinv[:, None, :]  # (1 | dim, members, obs): Y R_g^-1
+    eye = torch.eye(n, dtype=X.dtype, device=X.device)
+    M = (n - 1) / inflation * eye + C @ Y.T  # (1 | dim, members, members): inverse of Pa~
+    evals, evecs = torch.linalg.eigh(M)
+    Pa = (evecs / evals[..., None, :]) @ evecs.transpose(-1, -2)
+    W = (evecs * ((n - 1) / evals).sqrt()[..., None, :]) @ evecs.transpose(-1, -2)
+    w_mean = (Pa @ (C @ (y - y_mean)[:, None]))  # (1 | dim, members, 1)
+    T = W + w_mean  # (1 | dim, members, members): column j gives member j's weights
+    return x_mean + torch.einsum("ig,gij->jg", A, T.expand(X.shape[1], n, n))
+
+
+def periodic_distance(a: torch.Tensor, b: torch.Tensor, length: float) -> torch.Tensor:
+    """Distances ``(len(a), len(b))`` between points ``(.., 2)`` on the periodic square of side ``length``."""
+    d = (a[:, None, :] - b[None, :, :]).abs() % length
+    return torch.minimum(d, length - d).norm(dim=-1)
+
+
+def gaspari_cohn(distance: torch.Tensor, radius: float) -> torch.Tensor:
+    """Gaspari-Cohn (1999) compactly supported 5th-order correlation: 1 at 0, 0 beyond ``2 * radius``."""
+    z = distance / radius
+    inner = -0.25 * z**5 + 0.5 * z**4 + 0.625 * z**3 - 5 / 3 * z**2 + 1
+    outer = z**5 / 12 - 0.5 * z**4 + 0.625 * z**3 + 5 / 3 * z**2 - 5 * z + 4 - 2 / (3 * z.clamp_min(1e-12))
+    return torch.where(z <= 1, inner, torch.where(z < 2, outer, torch.zeros_like(z))).clamp_min(0)

@@ -4,6 +4,7 @@ A file holds one :class:`RunConfig` (see ``configs/*.yaml`` for commented exampl
 
     flow: {name, n, length, nu, drag, forcing, noise, init, dt, cfl, max_velocity, stepper, ...}
     closure: {name, every, options}
+    observe: {truth, sensors, noise, noise_kind, every, seed}     (twin experiments)
     ensemble, steps | t_end, t0, record_every | record_dt, seed, device, dtype, cfl_limit, out
 
 Every key is checked: an unknown one is a ``ValueError`` naming it and the valid keys. Overrides are
@@ -24,10 +25,11 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .grid import parse_length
+from .observation import NOISE_KINDS
 from .stepping import STEPPERS
 
 __all__ = [
-    "ForcingConfig", "NoiseConfig", "InitConfig", "FlowConfig", "ClosureConfig", "RunConfig",
+    "ForcingConfig", "NoiseConfig", "InitConfig", "FlowConfig", "ClosureConfig", "ObserveConfig", "RunConfig",
     "load_config", "parse_overrides", "apply_overrides", "resolve",
     "config_from_dict", "config_to_dict", "config_to_yaml", "config_from_yaml",
     "build_dataclass", "set_dotted", "check", "read_yaml_mapping",
@@ -124,11 +126,37 @@ class ClosureConfig:
 
 
 @dataclass(frozen=True)
+class ObserveConfig:
+    """Twin experiment: noisy sensor data of a ``truth`` trajectory (.h5) every ``every`` steps.
+
+    ``sensors``: ``regular:NXxNY`` (a lattice, E3's ``regular:10x10``), ``random:COUNT`` (uniform,
+    off-grid), ``grid:COUNT`` (distinct random grid points) or a file of ``x, y`` rows (.npy/.csv/.txt).
+    ``noise``: standard deviation (additive) or relative size (multiplicative); ``seed`` draws the
+    noise (and random layouts), apart from the run's seed, so every method sees the same data.
+    ``every: null``: the assimilation plug-in's ``default_every``.
+    """
+
+    truth: str | None = None
+    sensors: str = "regular:10x10"
+    noise: float = 0.1
+    noise_kind: str = "additive"
+    every: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.noise >= 0, f"observe.noise must be >= 0, got {self.noise}")
+        check(self.noise_kind in NOISE_KINDS,
+              f"unknown observe.noise_kind {self.noise_kind!r}; choose one of {list(NOISE_KINDS)}")
+        check(self.every is None or self.every >= 1, f"observe.every must be >= 1 or null, got {self.every}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One run: a flow, a plug-in, the ensemble size, run length, recording and numerics."""
 
     flow: FlowConfig = field(default_factory=FlowConfig)
     closure: ClosureConfig = field(default_factory=ClosureConfig)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
     ensemble: int = 1
     steps: int | None = None
     t_end: float | None = None

@@ -15,7 +15,7 @@ import torch
 from . import diagnostics
 from .grid import Grid
 
-__all__ = ["plot_snapshots", "plot_ensemble", "plot_spectrum", "plot_timeseries", "plot_metrics",
+__all__ = ["plot_snapshots", "plot_ensemble", "plot_spectrum", "plot_timeseries", "plot_metrics", "plot_assimilation",
            "plot_run"]
 
 
@@ -117,6 +117,21 @@ def plot_metrics(times: np.ndarray, metrics: Mapping[str, np.ndarray], path: Pat
     return path
 
 
+def plot_assimilation(history: Mapping[str, np.ndarray], path: Path) -> Path:
+    """Twin experiment, DAPPER-style: forecast and analysis RMSE of the ensemble mean (solid) and spread
+    (dotted) at every observation time, as a saw-tooth of forecast -> analysis pairs."""
+    fig = _figure(6.5, 3.3)
+    ax = fig.subplots()
+    t = np.repeat(history["time"], 2)
+    for key, ls in (("rmse", "-"), ("spread", ":")):
+        saw = np.stack([history[f"{key}_f"], history[f"{key}_a"]], axis=1).ravel()
+        ax.plot(t, saw, ls=ls, color="C0" if key == "rmse" else "C1", label=f"{key} (forecast -> analysis)")
+    ax.set(xlabel="t", ylabel="vorticity units", yscale="log")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def plot_run(path: str | Path, stem: str | Path | None = None, n_snapshots: int = 5) -> list[Path]:
     """Every figure for the trajectory file ``path``, as ``<stem>_<name>.png``; returns the paths."""
     from .io import read_attrs, read_frame, read_group, read_times
@@ -137,6 +152,9 @@ def plot_run(path: str | Path, stem: str | Path | None = None, n_snapshots: int 
     metrics = read_group(path, "metrics")
     if metrics.get("time") is not None and len(metrics["time"]):
         written.append(plot_metrics(metrics["time"], metrics, out("metrics")))
+    history = read_group(path, "assimilation")
+    if history.get("time") is not None and len(history["time"]):
+        written.append(plot_assimilation(history, out("assimilation")))
     return written
 
 

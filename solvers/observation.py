@@ -22,7 +22,8 @@ import torch
 from .grid import Grid
 from .random import normal_like
 
-__all__ = ["regular_sensors", "random_sensors", "load_sensors", "check_positions", "ObservationOperator", "NOISE_KINDS"]
+__all__ = ["regular_sensors", "random_sensors", "load_sensors", "parse_sensors", "check_positions",
+           "ObservationOperator", "NOISE_KINDS"]
 
 NOISE_KINDS = ("additive", "multiplicative")
 
@@ -83,6 +84,25 @@ def load_sensors(path: str | Path, length: float) -> torch.Tensor:
             raise
         raise ValueError(f"cannot read sensor file {path}: {err}") from err
     return check_positions(array, length, f"sensor file {path}")
+
+
+def parse_sensors(spec: str, grid: Grid, seed: int = 0) -> torch.Tensor:
+    """A layout ``(sensors, 2)`` from ``regular:NXxNY``, ``random:COUNT``, ``grid:COUNT`` or a file path."""
+    kind, sep, arg = str(spec).partition(":")
+    layouts = "regular:NXxNY (e.g. regular:10x10), random:COUNT, grid:COUNT or a .npy/.csv/.txt file"
+    if not sep or kind not in ("regular", "random", "grid"):
+        if Path(spec).suffix in (".npy", ".csv", ".txt"):
+            return load_sensors(spec, grid.length)
+        raise ValueError(f"cannot read sensor layout {spec!r}; use {layouts}")
+    try:
+        if kind == "regular":
+            nx, ny = (int(v) for v in arg.lower().split("x"))
+            return regular_sensors(nx, ny, grid.length)
+        count = int(arg)
+    except ValueError:
+        raise ValueError(f"cannot read sensor layout {spec!r}; use {layouts}") from None
+    generator = torch.Generator().manual_seed(seed)
+    return random_sensors(count, grid.length, generator, grid if kind == "grid" else None)
 
 
 class ObservationOperator:

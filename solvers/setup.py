@@ -194,14 +194,19 @@ class Reference:
             raise ValueError(f"reference {self.path} holds {self.members} members and the run {members}; "
                              f"use a single-member reference or --ensemble {self.members}")
 
+    def frame_index(self, t: float) -> int | None:
+        """Index of the reference frame at time ``t`` (within ``tol``), or ``None``."""
+        if not len(self.times):
+            return None
+        k = int(abs(self.times - t).argmin())
+        return k if abs(self.times[k] - t) <= self.tol * (1 + 1e-9) else None
+
     def truth(self, t: float) -> torch.Tensor | None:
         """Reference ``(member, n, n)`` at time ``t`` on the run's grid, or ``None`` if no frame matches."""
         from .io import read_frame
 
-        if not len(self.times):
-            return None
-        k = int(abs(self.times - t).argmin())
-        if abs(self.times[k] - t) > self.tol * (1 + 1e-9):
+        k = self.frame_index(t)
+        if k is None:
             return None
         w = torch.as_tensor(read_frame(self.path, k)).to(device=self.grid.device, dtype=self.grid.dtype)
         if self.n > self.grid.n:

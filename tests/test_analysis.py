@@ -43,3 +43,48 @@ def test_enkf_needs_two_members():
     X = X[:1]
     with pytest.raises(ValueError, match="at least 2 members"):
         enkf_analysis(X, y, lambda x: x @ H.T, r)
+
+
+def test_global_letkf_is_exactly_the_kalman_posterior():
+    """Without localisation the LETKF (an ETKF) gives the Kalman posterior of the ensemble's mean and
+    covariance exactly (deterministic square root, no sampling error), for any ensemble size."""
+    from latent.analysis import letkf_analysis
+
+    for members in (5, 40):
+        X, y, H, r, km, kc = _problem(members, seed=members)
+        Xa = letkf_analysis(X, X @ H.T, y, r)
+        assert torch.allclose(Xa.mean(0), km, atol=1e-10)
+        assert torch.allclose(torch.cov(Xa.T), kc, atol=1e-10)
+    # inflation 2 is the Kalman update of twice the prior covariance
+    X, y, H, r, *_ = _problem(40, seed=1)
+    km2, _ = kalman_posterior(X.mean(0), 2 * torch.cov(X.T), y, H, r)
+    assert torch.allclose(letkf_analysis(X, X @ H.T, y, r, inflation=2.0).mean(0), km2, atol=1e-10)
+
+
+def test_letkf_localisation_leaves_far_components_alone():
+    """Weights of 1 reproduce the global analysis; a component with all weights 0 keeps its forecast
+    mean (observations beyond the localisation radius have no influence)."""
+    from latent.analysis import letkf_analysis
+
+    X, y, H, r, *_ = _problem(12, seed=3)
+    HX = X @ H.T
+    ones = torch.ones(3, 2, dtype=torch.float64)
+    assert torch.allclose(letkf_analysis(X, HX, y, r, ones), letkf_analysis(X, HX, y, r), atol=1e-12)
+    weights = ones.clone()
+    weights[2] = 0
+    Xa = letkf_analysis(X, HX, y, r, weights)
+    assert torch.allclose(Xa[:, 2], X[:, 2], atol=1e-12)  # no observation reaches it: unchanged members
+    assert not torch.allclose(Xa[:, 0], X[:, 0])
+
+
+def test_gaspari_cohn_and_periodic_distance():
+    from latent.analysis import gaspari_cohn, periodic_distance
+
+    d = torch.linspace(0, 3, 301, dtype=torch.float64)
+    gc = gaspari_cohn(d, 1.0)
+    assert gc[0] == pytest.approx(1.0) and (gc[d >= 2] == 0).all()
+    assert (gc.diff() <= 1e-12).all()  # non-increasing
+    assert gc[100].item() == pytest.approx(0.2083333, abs=1e-6)  # z = 1: both branches give 5/24
+    a = torch.tensor([[0.05, 0.5]], dtype=torch.float64)
+    b = torch.tensor([[0.95, 0.5], [0.5, 0.5]], dtype=torch.float64)
+    assert torch.allclose(periodic_distance(a, b, 1.0), torch.tensor([[0.1, 0.45]], dtype=torch.float64))

@@ -1,0 +1,149 @@
+"""Assimilation plug-ins: at every observation time, replace the running ensemble by its analysis.
+
+They are ``kind = "state"`` plug-ins that read sensor data from a :class:`~solvers.twin.SensorData`
+(``observations`` option; ``simulate.py --observe TRUTH.h5`` builds it) and run one ensemble analysis
+step of :mod:`latent.analysis` on the flattened fields ``(members, x*y)``. Calls at times without an
+observation change nothing. Each analysis is logged in ``history`` DAPPER-style: forecast and analysis
+``rmse`` of the ensemble mean against the truth, ``spread`` (RMS of the members about their mean), the
+relative RMSE (``rmse / rms(truth)``, LD-EnSF's metric) and the wall time of the analysis.
+
+- ``enkf``: stochastic EnKF (perturbed observations), global or with covariance localisation.
+- ``letkf``: local ensemble transform KF, Gaspari-Cohn R-localisation with cut-off ``radius``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import ClassVar
+
+import torch
+
+from latent.analysis import enkf_analysis, gaspari_cohn, letkf_analysis, periodic_distance
+
+from .base import FlowState, Plugin
+from .registry import register
+
+__all__ = ["Assimilation", "EnKF", "LETKF", "HISTORY_KEYS"]
+
+HISTORY_KEYS = ("time", "rmse_f", "rmse_a", "spread_f", "spread_a", "rel_rmse_f", "rel_rmse_a", "seconds")
+
+
+class Assimilation(Plugin):
+    """Base class: observation lookup, flattening, the analysis log. Subclasses define ``analysis``."""
+
+    kind: ClassVar[str] = "state"
+    default_every: ClassVar[int] = 10
+    needs_observations: ClassVar[bool] = True  # simulate.py passes ``observations`` built from --observe
+    min_members: ClassVar[int] = 2
+
+    def __init__(self, grid, equation, observations=None) -> None:
+        super().__init__(grid, equation)
+        if observations is None:
+            raise ValueError(f"{self.name} assimilates sensor data: give a truth trajectory with --observe TRUTH.h5 "
+                             f"(and --sensors, --noise, --obs-every)")
+        self.observations = observations
+        self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+
+    @staticmethod
+    def example_observations(path, grid, truth: torch.Tensor, times, sensors: str = "regular:4x4",
+                             noise: float = 0.1):
+        """Sensor data of ``truth`` ``(time, x, y)`` at ``times`` written to ``path`` (.h5): for tests and demos."""
+        from solvers.io import TrajectoryWriter
+        from solvers.twin import sensor_data
+
+        with TrajectoryWriter(path, 1, grid.n, {"grid_length": grid.length}) as writer:
+            for t, w in zip(times, truth):
+                writer.append(float(t), w[None].detach().cpu().numpy())
+        return sensor_data(str(path), grid, sensors, noise, "additive", seed=0, tol=1e-9)
+
+    def analysis(self, X: torch.Tensor, HX: torch.Tensor, obs, state: FlowState) -> torch.Tensor:
+        """Analysis ``(members, x*y)`` float64 of the forecast ``X`` with observed values ``HX`` ``(members, obs)``."""
+        raise NotImplementedError
+
+    def __call__(self, state: FlowState) -> torch.Tensor | None:
+        obs = self.observations.at(state.t)
+        if obs is None:
+            return None
+        members = state.w.shape[0]
+        if members < self.min_members:
+            raise ValueError(f"{self.name} needs an ensemble of at least {self.min_members} members, got {members}; "
+                             f"use --ensemble 20 (E3)")
+        start = time.perf_counter()
+        HX = self.observations.operator(state.w).to(torch.float64)
+        X = state.w.reshape(members, -1).to(torch.float64)
+        Xa = self.analysis(X, HX, obs, state)
+        seconds = time.perf_counter() - start
+        self._log(obs, X, Xa, seconds)
+        return Xa.reshape(state.w.shape).to(state.w.dtype)
+
+    def _log(self, obs, X: torch.Tensor, Xa: torch.Tensor, seconds: float) -> None:
+        truth = obs.truth.reshape(-1).to(torch.float64)
+        scale = truth.pow(2).mean().sqrt().item()
+        f, a = ensemble_scores(X, truth), ensemble_scores(Xa, truth)
+        for key, value in zip(HISTORY_KEYS, (obs.t, f[0], a[0], f[1], a[1], f[0] / scale, a[0] / scale, seconds)):
+            self.history[key].append(float(value))
+
+    def describe(self) -> str:
+        op = self.observations.operator
+        return (f"{self.name} ({self.kind}, default every {self.default_every}), {op.count} sensors "
+                f"({100 * op.fraction():.2g} % of the grid), noise {op.noise:g} {op.kind}")
+
+
+def ensemble_scores(X: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    """``(rmse of the ensemble mean, spread)`` of ``X`` ``(members, dim)`` against ``truth`` ``(dim,)``;
+    spread is the RMS over components of the members' standard deviation (unbiased)."""
+    rmse = (X.mean(0) - truth).pow(2).mean().sqrt().item()
+    spread = X.var(0, unbiased=X.shape[0] > 1).mean().sqrt().item()
+    return rmse, spread
+
+
+def _localisation(grid, positions: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaspari-Cohn tapers, zero beyond ``radius``: grid points x sensors ``(x*y, sensors)`` (row-major like
+    ``reshape(members, -1)``) and sensors x sensors."""
+    axis = torch.arange(grid.n, dtype=torch.float64) * grid.dx
+    points = torch.cartesian_prod(axis, axis)
+    xy = gaspari_cohn(periodic_distance(points, positions, grid.length), radius / 2)
+    yy = gaspari_cohn(periodic_distance(positions, positions, grid.length), radius / 2)
+    return xy.to(grid.device), yy.to(grid.device)
+
+
+def _check_tuning(radius: float | None, inflation: float) -> None:
+    if (radius is not None and not radius > 0) or not inflation >= 1:
+        raise ValueError(f"need radius > 0 (or null) and inflation >= 1, got radius={radius}, inflation={inflation}")
+
+
+@register("enkf")
+class EnKF(Assimilation):
+    """Stochastic EnKF with perturbed observations (Burgers et al. 1998), multiplicative ``inflation``;
+    ``radius``: Gaspari-Cohn covariance localisation with that cut-off (``null``: global)."""
+
+    def __init__(self, grid, equation, observations=None, radius: float | None = None,
+                 inflation: float = 1.0) -> None:
+        super().__init__(grid, equation, observations)
+        _check_tuning(radius, inflation)
+        self.radius, self.inflation = radius, float(inflation)
+        self.localize = None if radius is None else _localisation(grid, self.observations.operator.positions, radius)
+
+    def analysis(self, X, HX, obs, state):
+        mean, hmean = X.mean(0), HX.mean(0)
+        grow = math.sqrt(self.inflation)
+        X, HX = mean + grow * (X - mean), hmean + grow * (HX - hmean)  # linear H: inflate both alike
+        return enkf_analysis(X, obs.y, HX, obs.r, state.generator, self.localize)
+
+
+@register("letkf")
+class LETKF(Assimilation):
+    """LETKF (Hunt et al. 2007): every grid point its own ensemble transform from the sensors within
+    ``radius`` (Gaspari-Cohn weights, zero beyond ``radius``; default a quarter of the box), with
+    multiplicative covariance ``inflation``."""
+
+    def __init__(self, grid, equation, observations=None, radius: float | None = None,
+                 inflation: float = 1.0) -> None:
+        super().__init__(grid, equation, observations)
+        radius = grid.length / 4 if radius is None else float(radius)
+        _check_tuning(radius, inflation)
+        self.radius, self.inflation = radius, float(inflation)
+        self.weights = _localisation(grid, self.observations.operator.positions, radius)[0]  # (x*y, sensors)
+
+    def analysis(self, X, HX, obs, state):
+        return letkf_analysis(X, HX, obs.y, obs.r, self.weights, self.inflation)
