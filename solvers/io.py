@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 
 __all__ = ["TrajectoryWriter", "Trajectory", "read_frame", "read_times", "read_attrs",
-           "read_group", "read_trajectory", "git_commit", "UNITS"]
+           "read_group", "read_trajectory", "git_commit", "atomic_write_text", "UNITS"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,16 @@ class Trajectory:
     attrs: dict[str, Any]
     diagnostics: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through ``<path>.tmp`` and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def _open(path: str | Path) -> h5py.File:

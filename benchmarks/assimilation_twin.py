@@ -1,0 +1,153 @@
+"""E3-style twin experiment: free ensemble vs assimilation plug-ins on a Kolmogorov flow.
+
+    python benchmarks/assimilation_twin.py                 # 64^2, 10x10 sensors, noise 0.1, 20 members, 40 cycles
+    python benchmarks/assimilation_twin.py --quick         # 32^2, 8x8 sensors, 10 cycles: a smoke run
+    python benchmarks/assimilation_twin.py --methods none letkf --set letkf.radius=1.0
+
+A truth run (``--truth-seed``) is observed by ``--sensors`` with Gaussian noise every ``--obs-every``
+solver steps; each method runs ``simulate.py --closure METHOD --observe truth.h5`` from the same
+``--members`` independent initial draws (the climatology, far from the truth). Printed and written
+(JSON + PNG): the relative RMSE of the ensemble mean (``ens_mean_rel_l2``) at the end and averaged over
+the second half, the spread over the RMSE there (calibration, 1 is ideal), the forecast / analysis
+RMSE of the last cycles and the wall time per analysis. The flow is configs/kolmogorov_les64.yaml
+(nu = 1e-3, drag 0.1, k_f = 4, L = 2 pi); E3's fields are normalised, so ``--noise`` is a fraction of
+the truth's vorticity RMS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+import simulate
+from solvers.io import atomic_write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "kolmogorov_les64.yaml"
+DEFAULT_OPTIONS = {"enkf": {"radius": 1.0, "inflation": 1.2}, "letkf": {"radius": 1.0, "inflation": 1.2}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=["none", "enkf", "letkf"], help="plug-ins ('none': free run)")
+    p.add_argument("--n", type=int, default=64, help="grid points per direction")
+    p.add_argument("--members", type=int, default=20, help="ensemble size (E3: 20)")
+    p.add_argument("--sensors", default="regular:10x10", help="sensor layout (E3: a 10x10 lattice)")
+    p.add_argument("--noise", type=float, default=0.1, help="observation noise standard deviation as a fraction "
+                   "of the truth's vorticity RMS (E3: 0.1 in normalised units)")
+    p.add_argument("--obs-every", type=int, default=20, help="solver steps between observations")
+    p.add_argument("--cycles", type=int, default=40, help="assimilation cycles (E3: 40)")
+    p.add_argument("--dt", type=float, default=0.01, help="time step")
+    p.add_argument("--truth-seed", type=int, default=100, help="seed of the truth's initial state")
+    p.add_argument("--seed", type=int, default=1, help="seed of the ensemble's initial draws")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help=f"plug-in option (defaults {DEFAULT_OPTIONS})")
+    p.add_argument("--out", type=Path, default=Path("runs/assimilation_twin"), help="folder for the runs")
+    p.add_argument("--json", type=Path, default=RESULTS / "assimilation_twin.json", help="results file")
+    p.add_argument("--quick", action="store_true", help="32^2, 8x8 sensors, 10 cycles")
+    return p
+
+
+def _options(items: list[str]) -> dict[str, dict]:
+    import yaml
+
+    out = {k: dict(v) for k, v in DEFAULT_OPTIONS.items()}
+    for item in items:
+        key, _, value = item.partition("=")
+        method, _, option = key.partition(".")
+        out.setdefault(method, {})[option] = yaml.safe_load(value)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.quick:
+        args.n, args.sensors, args.cycles, args.members, args.dt = 32, "regular:8x8", 10, 10, 0.02
+    args.out.mkdir(parents=True, exist_ok=True)
+    steps = args.obs_every * args.cycles
+    flow = ["--config", str(CONFIG), "--set", f"flow.n={args.n}", "--set", f"flow.dt={args.dt}",
+            "--set", f"record_every={args.obs_every}", "--steps", str(steps), "--quiet"]
+    truth = args.out / "truth.h5"
+    if simulate.main(flow + ["--seed", str(args.truth_seed), "--no-figures", "--out", str(truth)]) != 0:
+        raise SystemExit("the truth run failed")
+    with h5py.File(truth) as f:
+        rms = float(np.sqrt(np.mean(f["vorticity"][0].astype(np.float64) ** 2)))
+    sigma = args.noise * rms
+    options, rows = _options(args.set), {}
+    for method in args.methods:
+        path = args.out / f"{method}.h5"
+        sets = [a for k, v in options.get(method, {}).items() for a in ("--set", f"closure.options.{k}={v}")]
+        twin = ["--ensemble", str(args.members), "--seed", str(args.seed), "--observe", str(truth),
+                "--sensors", args.sensors, "--noise", f"{sigma:.6g}", "--obs-every", str(args.obs_every)]
+        start = time.perf_counter()
+        code = simulate.main(flow + twin + sets + ["--closure", method, "--no-figures", "--out", str(path)])
+        rows[method] = _summary(path, time.perf_counter() - start, code, options.get(method, {}))
+    setup = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return {"setup": {**setup, "truth_rms": rms, "noise_std": sigma},
+            "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                            "cpu": platform.processor() or platform.machine()},
+            "methods": rows}
+
+
+def _summary(path: Path, wall: float, code: int, options: dict) -> dict:
+    with h5py.File(path) as f:
+        m = {k: f["metrics"][k][:] for k in f["metrics"]}
+        a = {k: f["assimilation"][k][:] for k in f["assimilation"]} if "assimilation" in f else None
+        status = f.attrs["status"]
+    half = len(m["time"]) // 2
+    err, spread = m["ens_mean_rel_l2"], m["spread"]
+    row = {"status": status, "exit": code, "options": options, "wall_s": wall, "time": m["time"].tolist(),
+           "ens_mean_rel_l2": err.tolist(), "spread": spread.tolist(), "final_rel": float(err[-1]),
+           "mean_rel_2nd_half": float(err[half:].mean())}
+    if a is not None:
+        last = slice(len(a["time"]) // 2, None)
+        row.update(rmse_f=float(a["rmse_f"][last].mean()), rmse_a=float(a["rmse_a"][last].mean()),
+                   spread_a=float(a["spread_a"][last].mean()), s_per_cycle=float(np.median(a["seconds"])),
+                   spread_skill=float(a["spread_f"][last].mean() / a["rmse_f"][last].mean()))
+    return row
+
+
+def table(results: dict) -> str:
+    head = ["method", "rel RMSE end", "rel RMSE 2nd half", "rmse_f", "rmse_a", "spread/rmse (f)", "s / analysis",
+            "run s", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results["methods"].items():
+        cells = [name, f"{r['final_rel']:.3g}", f"{r['mean_rel_2nd_half']:.3g}"]
+        cells += [f"{r[k]:.3g}" if k in r else "—" for k in ("rmse_f", "rmse_a", "spread_skill", "s_per_cycle")]
+        cells += [f"{r['wall_s']:.1f}", r["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(results: dict, path: Path) -> None:
+    from solvers.figures import _figure
+
+    fig = _figure(7, 3.5)
+    ax = fig.subplots()
+    for i, (name, r) in enumerate(results["methods"].items()):
+        ax.semilogy(r["time"], r["ens_mean_rel_l2"], color=f"C{i}", label=name)
+    ax.set(xlabel="t", ylabel="ens_mean_rel_l2 vs truth (at observation times, before the analysis)")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    results = run(args)
+    text = table(results)
+    print(text)
+    atomic_write_text(args.json, json.dumps(results, indent=1))
+    atomic_write_text(args.json.with_suffix(".md"), text)
+    figure(results, args.json.with_suffix(".png"))
+    print(f"wrote {args.json}, {args.json.with_suffix('.md').name}, {args.json.with_suffix('.png').name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
