@@ -68,6 +68,9 @@ class Assimilation(Plugin):
         if members < self.min_members:
             raise ValueError(f"{self.name} needs an ensemble of at least {self.min_members} members, got {members}; "
                              f"use --ensemble 20 (E3)")
+        if not torch.isfinite(state.w).all():
+            raise ValueError(f"{self.name}: the forecast ensemble is not finite at t={state.t:.4g} (a member blew up "
+                             f"between analyses); assimilate more often or reduce dt")
         start = time.perf_counter()
         HX = self.observations.operator(state.w).to(torch.float64)
         X = state.w.reshape(members, -1).to(torch.float64)

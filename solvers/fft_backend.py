@@ -145,7 +145,7 @@ class LowStorageStep:
 
     def __init__(self, equation, a: list[torch.Tensor], b: list[torch.Tensor], gammas: list[float]) -> None:
         self.equation, self.gammas, self.a, self.b = equation, gammas, None, None
-        if _plain_navier_stokes(equation) and equation.grid.device.type == "cpu":
+        if _plain_navier_stokes(equation) and equation.grid.device.type == "cpu" and equation.linear.dim() == 2:
             self.a, self.b = [as_array(x) for x in a], [as_array(x) for x in b]
 
     def applies(self, w_hat: torch.Tensor, extra_hat: torch.Tensor | None) -> bool:

@@ -22,7 +22,7 @@ class NavierStokes2D:
 
     Args:
         grid: the periodic grid (its device and dtype are used for every operator).
-        nu: kinematic viscosity.
+        nu: kinematic viscosity (a number; :meth:`set_viscosity` also takes one per member).
         drag: linear (Rayleigh) drag coefficient ``alpha`` in ``- alpha w``.
         forcing: deterministic vorticity forcing, real ``(n, n)`` (or ``None``).
         dealias: apply the 2/3 rule to the convection term.
@@ -39,11 +39,11 @@ class NavierStokes2D:
         dealias: bool = True,
         convection: bool = True,
     ) -> None:
-        if nu < 0 or drag < 0:
-            raise ValueError(f"viscosity and drag must be >= 0, got nu={nu}, drag={drag}")
-        self.grid, self.nu, self.drag = grid, float(nu), float(drag)
+        if drag < 0:
+            raise ValueError(f"drag must be >= 0, got drag={drag}")
+        self.grid, self.drag, self.version = grid, float(drag), 0
+        self.set_viscosity(nu)
         self.dealias, self.convection = dealias, convection
-        self.linear = -self.nu * grid.k2 - self.drag  # (n, n//2+1), the implicit operator
         mask = grid.dealias if dealias else torch.ones_like(grid.dealias)
         psi = -spectral.inverse_laplacian(grid)  # psi_hat = w_hat * psi
         ones = torch.ones_like(grid.k2)
@@ -59,6 +59,22 @@ class NavierStokes2D:
                 raise ValueError(f"forcing must be a single (n, n) field, got shape {tuple(forcing.shape)}")
             forcing = grid.rfft(forcing.to(device=grid.device, dtype=grid.dtype))
         self.forcing_hat = forcing
+
+    def set_viscosity(self, nu: float | torch.Tensor) -> None:
+        """Set ``nu``: a number, or one value per ensemble member ``(batch,)`` (parameter estimation; the
+        implicit operator ``linear`` becomes ``(batch, n, n//2+1)``). Bumps ``version`` so a running
+        rollout rebuilds its stepper."""
+        value = torch.as_tensor(nu, dtype=torch.float64)
+        if value.dim() > 1 or not torch.isfinite(value).all() or (value < 0).any():
+            raise ValueError(f"viscosity must be a finite number >= 0 or one per member (batch,), got {nu}")
+        k2 = self.grid.k2
+        if value.dim() == 0:
+            self.nu = float(value)
+            self.linear = -self.nu * k2 - self.drag  # (n, n//2+1), the implicit operator
+        else:
+            self.nu = value.to(device=self.grid.device, dtype=self.grid.dtype)
+            self.linear = -self.nu[:, None, None] * k2 - self.drag  # (batch, n, n//2+1)
+        self.version += 1
 
     def advection(self, w_hat: torch.Tensor) -> torch.Tensor:
         """``u . grad w`` in Fourier space for ``w_hat`` ``(..., n, n//2+1)``."""

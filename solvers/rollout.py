@@ -6,7 +6,9 @@ The solver stays ignorant of ML: a plug-in is any callable ``plugin(state: FlowS
 - ``kind == "tendency"``: returns a real correction ``(batch, x, y)`` (or ``None``) added to the
   explicit terms and held until the next call;
 - ``kind == "state"``: returns a new state ``(batch, x, y)`` that replaces the running one
-  (assimilation / reconstruction / nudging).
+  (assimilation / reconstruction / nudging). It may also change the equation's parameters
+  (``state.equation.set_viscosity``, per member for parameter estimation): the rollout then
+  rebuilds its stepper before the next step.
 """
 from __future__ import annotations
 
@@ -143,8 +145,11 @@ def rollout(
     for n in range(steps):
         t = t0 + n * dt
         if plugin is not None and n % every == 0:
+            version = getattr(equation, "version", None)
             extra_hat, w_hat = _call_plugin(plugin, w_hat, t, n, dt, grid, equation, generator)
             result.plugin_calls += 1
+            if getattr(equation, "version", None) != version:  # the plug-in changed a parameter (e.g. nu)
+                step_fn = make_stepper(stepper, equation, dt)
         w_hat = step_fn(w_hat, extra_hat)
         if noise is not None:
             w_hat = noise.add_to(w_hat, dt, generator)  # the stepper's output is fresh: in place is safe
