@@ -10,5 +10,6 @@ from . import classical  # noqa: F401
 from . import fno  # noqa: F401
 from . import cdm  # noqa: F401
 from . import assimilation  # noqa: F401
+from . import reconstruction  # noqa: F401
 
 __all__ = ["FlowState", "Plugin", "available", "make_plugin", "plugin_class", "register"]

@@ -51,10 +51,15 @@ class Assimilation(Plugin):
         from solvers.io import TrajectoryWriter
         from solvers.twin import sensor_data
 
-        with TrajectoryWriter(path, 1, grid.n, {"grid_length": grid.length}) as writer:
+        with TrajectoryWriter(path, 1, grid.n, {"grid_length": grid.length, "grid_n": grid.n}) as writer:
             for t, w in zip(times, truth):
                 writer.append(float(t), w[None].detach().cpu().numpy())
         return sensor_data(str(path), grid, sensors, noise, "additive", seed=0, tol=1e-9)
+
+    @classmethod
+    def example_options(cls, truth_path) -> dict:
+        """Extra options for a demo run on :meth:`example_observations`'s truth file (tests)."""
+        return {}
 
     def analysis(self, X: torch.Tensor, HX: torch.Tensor, obs, state: FlowState) -> torch.Tensor:
         """Analysis ``(members, x*y)`` float64 of the forecast ``X`` with observed values ``HX`` ``(members, obs)``."""

@@ -7,6 +7,10 @@ the solver's device and dtype with any sensor positions (through
 :class:`solvers.observation.ObservationOperator`), not only grid points.
 
 Fields are ``(batch, x, y)``; the basis is ``(modes, x*y)`` (orthonormal rows) about a mean field.
+
+Sensor placement from the command line (writes a file for ``simulate.py --sensors``)::
+
+    python -m latent.pod --data runs/train.h5 --modes 20 --count 40 --out sensors.npy
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-__all__ = ["PODBasis", "fit_pod", "qr_sensors", "gappy_reconstruct"]
+__all__ = ["PODBasis", "fit_pod", "qr_sensors", "gappy_reconstruct", "load_snapshots", "main"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +78,55 @@ def gappy_reconstruct(basis: PODBasis, values: torch.Tensor, sensor_rows: torch.
     else:
         coeffs = torch.linalg.lstsq(A[None].expand(b.shape[0], -1, -1), b[..., None]).solution[..., 0]
     return basis.expand(coeffs)
+
+
+def load_snapshots(path, grid) -> torch.Tensor:
+    """Every frame of every member of a project .h5 trajectory, ``(count, x, y)`` float64 on ``grid``'s device."""
+    from solvers.io import read_trajectory
+
+    traj = read_trajectory(path)
+    frames = torch.as_tensor(traj.vorticity, dtype=torch.float64)  # (member, time, x, y)
+    if frames.shape[-1] != grid.n:
+        raise ValueError(f"snapshots in {path} are {frames.shape[-1]}^2, the run is {grid.n}^2; fit the basis on a "
+                         f"trajectory of this grid")
+    return frames.reshape(-1, grid.n, grid.n).to(grid.device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Place ``--count`` sensors by pivoted QR of the POD basis of a trajectory; write ``x, y`` positions."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from solvers.grid import Grid
+    from solvers.io import read_attrs, read_frame
+
+    p = argparse.ArgumentParser(prog="python -m latent.pod", description=main.__doc__)
+    p.add_argument("--data", required=True, help="project .h5 trajectory (its frames are the snapshots)")
+    p.add_argument("--modes", type=int, default=20, help="POD modes (default 20)")
+    p.add_argument("--count", type=int, required=True, help="number of sensors")
+    p.add_argument("--out", required=True, help="output .npy or .csv of x, y rows (for simulate.py --sensors)")
+    args = p.parse_args(argv)
+    try:
+        attrs = read_attrs(args.data)
+        if "grid_length" not in attrs:
+            raise ValueError(f"{args.data} has no grid_length attribute: use a simulate.py output")
+        grid = Grid(int(read_frame(args.data, 0).shape[-1]), float(attrs["grid_length"]), dtype=torch.float64)
+        basis = fit_pod(load_snapshots(args.data, grid), args.modes)
+        flat = qr_sensors(basis, args.count).cpu()
+        positions = (torch.stack([flat // grid.n, flat % grid.n], dim=1).double() * grid.dx).numpy()
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, positions)
+    else:
+        np.savetxt(out, positions, delimiter=",", header="x, y")
+    print(f"wrote {len(positions)} QR-placed sensors ({100 * len(positions) / grid.n ** 2:.3g} % of the grid) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -96,6 +96,7 @@ def test_every_registered_plugin_keeps_shape_dtype_device(name, dtype, tmp_path)
         options["checkpoint"] = str(cls.example_checkpoint(tmp_path / f"{name}.pt", grid, eq))
     if getattr(cls, "needs_observations", False):  # assimilation: sensor data of a truth at t = 0
         options["observations"] = cls.example_observations(tmp_path / "truth.h5", grid, w0[:1] + 0.1, [0.0])
+        options.update(cls.example_options(tmp_path / "truth.h5"))
     plugin = make_plugin(name, grid, eq, **options)
     result = rollout(w0, eq, 0.02, 4, plugin=plugin, every=plugin.default_every)
     assert result.w.shape == w0.shape and result.w.dtype == dtype and result.w.device == w0.device
