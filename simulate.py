@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="FILE", help="project .h5 trajectory to compare with at matching "
                    "times (within dt/2), coarse-grained if finer; prints and stores rel_l2, "
                    "ens_mean_rel_l2 and spread under metrics/")
-    obs = p.add_argument_group("twin experiments (assimilation plug-ins: enkf, letkf)")
+    obs = p.add_argument_group("twin experiments (assimilation and reconstruction plug-ins: enkf, letkf, interp, "
+                               "gappy_pod)")
     obs.add_argument("--observe", metavar="TRUTH.h5", help="truth trajectory (a one-member project .h5, "
                      "coarse-grained if finer) observed by sensors; also the --reference for the error metrics")
     obs.add_argument("--sensors", metavar="LAYOUT", help="sensor layout: regular:NXxNY (default regular:10x10, E3), "
