@@ -5,7 +5,9 @@ They are ``kind = "state"`` plug-ins that read sensor data from a :class:`~solve
 step of :mod:`latent.analysis` on the flattened fields ``(members, x*y)``. Calls at times without an
 observation change nothing. Each analysis is logged in ``history`` DAPPER-style: forecast and analysis
 ``rmse`` of the ensemble mean against the truth, ``spread`` (RMS of the members about their mean), the
-relative RMSE (``rmse / rms(truth)``, LD-EnSF's metric) and the wall time of the analysis.
+relative RMSE (``rmse / rms(truth)``, LD-EnSF's metric) and the wall time of the analysis. Every
+plug-in takes ``nudge`` in ``(0, 1]``: the state moves that fraction of the way to the analysis
+(``1``, the default, replaces it).
 
 - ``enkf``: stochastic EnKF (perturbed observations), global or with covariance localisation.
 - ``letkf``: local ensemble transform KF, Gaspari-Cohn R-localisation with cut-off ``radius``.
@@ -36,12 +38,14 @@ class Assimilation(Plugin):
     needs_observations: ClassVar[bool] = True  # simulate.py passes ``observations`` built from --observe
     min_members: ClassVar[int] = 2
 
-    def __init__(self, grid, equation, observations=None) -> None:
+    def __init__(self, grid, equation, observations=None, nudge: float = 1.0) -> None:
         super().__init__(grid, equation)
         if observations is None:
             raise ValueError(f"{self.name} assimilates sensor data: give a truth trajectory with --observe TRUTH.h5 "
                              f"(and --sensors, --noise, --obs-every)")
-        self.observations = observations
+        if not 0 < nudge <= 1:
+            raise ValueError(f"nudge must be in (0, 1] (1 replaces the state by the analysis), got {nudge}")
+        self.observations, self.nudge = observations, float(nudge)
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
 
     @staticmethod
@@ -80,6 +84,8 @@ class Assimilation(Plugin):
         HX = self.observations.operator(state.w).to(torch.float64)
         X = state.w.reshape(members, -1).to(torch.float64)
         Xa = self.analysis(X, HX, obs, state)
+        if self.nudge < 1:
+            Xa = X + self.nudge * (Xa - X)
         seconds = time.perf_counter() - start
         self._log(obs, X, Xa, seconds)
         return Xa.reshape(state.w.shape).to(state.w.dtype)
@@ -126,8 +132,8 @@ class EnKF(Assimilation):
     ``radius``: Gaspari-Cohn covariance localisation with that cut-off (``null``: global)."""
 
     def __init__(self, grid, equation, observations=None, radius: float | None = None,
-                 inflation: float = 1.0) -> None:
-        super().__init__(grid, equation, observations)
+                 inflation: float = 1.0, nudge: float = 1.0) -> None:
+        super().__init__(grid, equation, observations, nudge)
         _check_tuning(radius, inflation)
         self.radius, self.inflation = radius, float(inflation)
         self.localize = None if radius is None else _localisation(grid, self.observations.operator.positions, radius)
@@ -146,8 +152,8 @@ class LETKF(Assimilation):
     multiplicative covariance ``inflation``."""
 
     def __init__(self, grid, equation, observations=None, radius: float | None = None,
-                 inflation: float = 1.0) -> None:
-        super().__init__(grid, equation, observations)
+                 inflation: float = 1.0, nudge: float = 1.0) -> None:
+        super().__init__(grid, equation, observations, nudge)
         radius = grid.length / 4 if radius is None else float(radius)
         _check_tuning(radius, inflation)
         self.radius, self.inflation = radius, float(inflation)

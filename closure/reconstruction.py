@@ -28,19 +28,13 @@ class Reconstruction(Assimilation):
 
     min_members: ClassVar[int] = 1
 
-    def __init__(self, grid, equation, observations=None, nudge: float = 1.0) -> None:
-        super().__init__(grid, equation, observations)
-        if not 0 < nudge <= 1:
-            raise ValueError(f"nudge must be in (0, 1] (1 replaces the state), got {nudge}")
-        self.nudge = float(nudge)
-
     def reconstruct(self, y: torch.Tensor) -> torch.Tensor:
         """The field ``(1, x, y)`` from sensor values ``y`` ``(sensors,)``."""
         raise NotImplementedError
 
     def analysis(self, X, HX, obs, state):
         field = self.reconstruct(obs.y).reshape(1, -1).to(X)
-        return X + self.nudge * (field - X)
+        return field.expand_as(X)  # the base class nudges: w + nudge (field - w)
 
 
 @register("interp")

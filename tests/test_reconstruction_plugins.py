@@ -74,3 +74,13 @@ def test_qr_placement_cli_writes_a_sensor_file(tmp_path, capsys):
     assert positions.shape == (12, 2) and torch.allclose(positions / grid.dx, (positions / grid.dx).round())
     assert pod.main(["--data", str(tmp_path / "none.h5"), "--count", "3", "--out", str(out)]) == 2
     assert "none.h5" in capsys.readouterr().err
+
+
+def test_letkf_nudge_is_a_fraction_of_the_analysis_increment(tmp_path):
+    grid, eq, truth, times, obs = _setup(tmp_path, sensors="regular:6x6", noise=0.1)
+    ens = band_limited(grid, 6, 1, 3, 2.0, generator=torch.Generator().manual_seed(5))
+    full = _call(make_plugin("letkf", grid, eq, observations=obs), grid, eq, ens, times[1])
+    third = _call(make_plugin("letkf", grid, eq, observations=obs, nudge=1 / 3), grid, eq, ens, times[1])
+    assert torch.allclose(third, ens + (full - ens) / 3, atol=1e-10)
+    with pytest.raises(ValueError, match="nudge"):
+        make_plugin("enkf", grid, eq, observations=obs, nudge=1.5)
