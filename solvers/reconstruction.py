@@ -41,7 +41,7 @@ def _basis(points: torch.Tensor, modes: int, length: float) -> torch.Tensor:
     """Real Fourier features ``(points, features)``: 1, cos(k.x), sin(k.x) for the half-plane of
     ``|k_x|, |k_y| <= modes``."""
     ks = [(kx, ky) for kx in range(-modes, modes + 1) for ky in range(0, modes + 1) if ky > 0 or kx > 0]
-    k = torch.tensor(ks, dtype=torch.float64) * (2 * math.pi / length)
+    k = torch.tensor(ks, dtype=torch.float64).reshape(-1, 2) * (2 * math.pi / length)  # modes = 0: the mean only
     phase = points @ k.T
     return torch.cat([torch.ones(points.shape[0], 1, dtype=torch.float64), phase.cos(), phase.sin()], dim=1)
 

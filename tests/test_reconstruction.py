@@ -34,3 +34,11 @@ def test_cubic_interpolation_error_falls_with_more_sensors():
         assert torch.isfinite(rec).all()  # periodic images: no NaN outside the sensors' hull
         errs.append(float(rel_l2(rec, w)))
     assert errs[0] > errs[1] > errs[2] and errs[2] < 0.05, errs
+
+
+def test_fourier_fit_with_zero_modes_is_the_sensor_mean():
+    grid = Grid(16, 1.0, dtype=torch.float64)
+    values = torch.tensor([[1.0, 2.0, 6.0]], dtype=torch.float64)
+    positions = torch.tensor([[0.1, 0.2], [0.5, 0.5], [0.7, 0.9]], dtype=torch.float64)
+    out = fourier_fit(values, positions, grid, modes=0, ridge=0.0)
+    assert torch.allclose(out, torch.full((1, 16, 16), 3.0, dtype=torch.float64))
