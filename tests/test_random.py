@@ -69,7 +69,7 @@ def test_q_wiener_member_noise_independent_of_batch_and_grid():
     c = QWienerNoise(fine, kappa=3, sigma=0.1).increment(3, 1e-3, MemberRNG(5, range(3)))
     rows = list(range(4)) + list(range(-3, 0))
     torch.testing.assert_close(c[:, rows, :4], a[:, rows, :4], rtol=0, atol=1e-12)
-    assert c.abs().sum() == pytest.approx(a.abs().sum(), rel=1e-6)  # nothing outside the band
+    assert c.abs().sum().item() == pytest.approx(a.abs().sum().item(), rel=1e-6)  # nothing outside the band
     with pytest.raises(ValueError, match="batch has 2"):
         QWienerNoise(coarse).increment(2, 1e-3, MemberRNG(5, range(3)))
 
