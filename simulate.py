@@ -6,7 +6,8 @@
         --ensemble 100 --reference truth64.h5       # E1 a-posteriori: t = 30 -> 50, 100 members
 
 Writes <out> (HDF5, layout in solvers/io.py), the resolved config <stem>.yaml and figures
-<stem>_*.png. Exit codes: 0 done, 2 bad input (message on stderr), 3 the run blew up (the file
+<stem>_*.png. Exit codes: 0 done, 2 bad input or a plug-in refusing the running state (message on stderr; the
+frames so far stay in <out>.partial), 3 the run blew up (the file
 holds the frames so far and the last good state, status "blew_up").
 
 Multi-process: `torchrun --nproc-per-node K simulate.py --ensemble M ...` gives every process a
@@ -342,7 +343,13 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         if not parallel.is_main():
             logging.getLogger().setLevel(logging.WARNING)
-        return run(args, prepared)
+        try:
+            return run(args, prepared)
+        except ValueError as err:  # a plug-in refusing the running state (e.g. a non-finite forecast)
+            if parallel.is_main():
+                print(f"error: {err}\nThe frames so far are in {prepared[0].out}.partial (status 'interrupted').",
+                      file=sys.stderr)
+            return EXIT_BAD_INPUT
     finally:
         if parallel.is_distributed():
             import torch.distributed as dist

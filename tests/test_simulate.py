@@ -128,6 +128,19 @@ def test_crash_mid_run_leaves_no_output_file(tmp_path, monkeypatch):
     assert read_attrs(tmp_path / "out.h5.partial")["status"] == "interrupted"
 
 
+def test_plugin_refusing_the_state_mid_run_exits_2_with_the_partial_file(tmp_path, monkeypatch, capsys):
+    def refusing_rollout(w0, *args, on_record, t0, **kwargs):
+        on_record(t0, w0)
+        raise ValueError("enkf: the forecast ensemble is not finite")
+
+    monkeypatch.setattr(simulate, "rollout", refusing_rollout)
+    code, out = run(tmp_path, "--steps", "4")
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "forecast ensemble is not finite" in err and "out.h5.partial" in err
+    assert read_attrs(tmp_path / "out.h5.partial")["status"] == "interrupted"
+
+
 def _bad(tmp_path, capsys, *extra):
     code, out = run(tmp_path, "--steps", "2", *extra)
     assert code == 2 and not out.exists()
