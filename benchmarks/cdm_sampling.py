@@ -28,6 +28,7 @@ from latent.models import build_model
 from latent.training import CONFIG_DIR, load_train_config
 from solvers import Grid, NavierStokes2D
 from solvers.forcing import make_forcing
+from solvers.io import atomic_write_text
 from solvers.stepping import make_stepper
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "cdm_sampling.json"
@@ -100,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "machine": platform.machine(), "cpus": os.cpu_count(), "sampler": args.sampler, "steps": args.steps,
             "models": {name: m.spec for name, m in models.items()}}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    tmp.replace(args.json)
+    atomic_write_text(args.json, json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {args.json}")
     return 0
 

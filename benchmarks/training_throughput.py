@@ -25,6 +25,7 @@ import torch
 
 from latent.models import build_model
 from latent.training import CONFIG_DIR, Job, _LossModule, load_train_config, train_epoch
+from solvers.io import atomic_write_text
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "training_throughput.json"
 
@@ -114,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               "n": args.n, "dtype": "float32", "device": args.device, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
               "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None, "results": results}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(args.json.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.json)
+    atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.json}")
     return 0
 

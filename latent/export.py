@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from solvers.io import atomic_write_text
+
 from .checkpoint import load_checkpoint, write_payload
 
 __all__ = ["export", "add_arguments", "run"]
@@ -39,9 +41,7 @@ def export(src: str | Path, dst: str | Path, command: str = "") -> dict:
                 "model": {"name": ckpt.payload["model"]["name"], "kwargs": ckpt.payload["model"]["kwargs"]},
                 "epoch": ckpt.epoch, "best_val": payload["training"].get("best_val"),
                 "grid": ckpt.grid, "flow": ckpt.flow, "command": command}
-    tmp = dst.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    tmp.replace(dst.with_suffix(".json"))
+    atomic_write_text(dst.with_suffix(".json"), json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest
 
 

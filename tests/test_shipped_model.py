@@ -55,3 +55,25 @@ def test_simulate_runs_latent_cdm_with_no_other_argument(tmp_path, capsys, caplo
     assert code == 0
     out = capsys.readouterr()
     assert "e1_latent_cdm.yaml" in out.err and "shipped default model" in out.out
+
+
+def test_export_writes_a_loadable_weights_file_and_a_matching_manifest(tmp_path):
+    """``train_closure.py export``: weights-only copy + manifest whose hashes match, written atomically."""
+    import hashlib
+    import json
+    import math
+
+    from closure import make_plugin, plugin_class
+    from latent.export import export
+    from solvers import Grid, NavierStokes2D
+
+    grid = Grid(32, 2 * math.pi)
+    eq = NavierStokes2D(grid, nu=1e-3)
+    src = plugin_class("latent_cdm").example_checkpoint(tmp_path / "src.pt", grid, eq)
+    manifest = export(src, tmp_path / "out" / "model.pt", command="test")
+    saved = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert saved == json.loads(json.dumps(manifest, default=str))
+    assert saved["file_sha256"] == hashlib.sha256((tmp_path / "out" / "model.pt").read_bytes()).hexdigest()
+    assert saved["closure"] == "latent_cdm" and not list((tmp_path / "out").glob("*.tmp"))
+    plugin = make_plugin("latent_cdm", grid, eq, checkpoint=str(tmp_path / "out" / "model.pt"))
+    assert plugin is not None
