@@ -31,7 +31,7 @@ import torch
 from latent.pod import fit_pod, gappy_reconstruct, qr_sensors
 from solvers.grid import Grid
 from solvers.io import atomic_write_text
-from solvers.observation import ObservationOperator, random_sensors
+from solvers.observation import ObservationOperator, grid_positions, random_sensors
 from solvers.pairs import read_pairs
 from solvers.reconstruction import cubic_interpolate, fourier_fit
 
@@ -85,8 +85,7 @@ def run(args) -> dict:
         count = max(3, round(fraction / 100 * n * n))
         k = min(100, max(1, count // 2))
         fixed = random_sensors(count, length, g)
-        qr_flat = qr_sensors(basis(k), count).cpu()
-        qr = torch.stack([qr_flat // n, qr_flat % n], 1).double() * grid.dx
+        qr = grid_positions(grid, qr_sensors(basis(k), count))
         for noise in (0.0, args.noise):
             cases = [("fixed", ["cubic", "fourier", "gappy_pod"]), ("changing", ["cubic", "fourier", "gappy_pod"]),
                      ("qr", ["gappy_pod"])]

@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 
 from latent.analysis import enkf_analysis, gaspari_cohn, letkf_analysis, periodic_distance
+from solvers.observation import grid_positions
 
 from .base import FlowState, Plugin
 from .registry import register
@@ -114,9 +115,7 @@ def ensemble_scores(X: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]
 def _localisation(grid, positions: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaspari-Cohn tapers, zero beyond ``radius``: grid points x sensors ``(x*y, sensors)`` (row-major like
     ``reshape(members, -1)``) and sensors x sensors."""
-    axis = torch.arange(grid.n, dtype=torch.float64) * grid.dx
-    points = torch.cartesian_prod(axis, axis)
-    xy = gaspari_cohn(periodic_distance(points, positions, grid.length), radius / 2)
+    xy = gaspari_cohn(periodic_distance(grid_positions(grid), positions, grid.length), radius / 2)
     yy = gaspari_cohn(periodic_distance(positions, positions, grid.length), radius / 2)
     return xy.to(grid.device), yy.to(grid.device)
 

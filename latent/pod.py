@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from solvers.grid import Grid
     from solvers.io import read_attrs, read_frame
+    from solvers.observation import grid_positions
 
     p = argparse.ArgumentParser(prog="python -m latent.pod", description=main.__doc__)
     p.add_argument("--data", required=True, help="project .h5 trajectory (its frames are the snapshots)")
@@ -113,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.data} has no grid_length attribute: use a simulate.py output")
         grid = Grid(int(read_frame(args.data, 0).shape[-1]), float(attrs["grid_length"]), dtype=torch.float64)
         basis = fit_pod(load_snapshots(args.data, grid), args.modes)
-        flat = qr_sensors(basis, args.count).cpu()
-        positions = (torch.stack([flat // grid.n, flat % grid.n], dim=1).double() * grid.dx).numpy()
+        positions = grid_positions(grid, qr_sensors(basis, args.count)).numpy()
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ import torch
 from .grid import Grid
 from .random import normal_like
 
-__all__ = ["regular_sensors", "random_sensors", "load_sensors", "parse_sensors", "check_positions",
+__all__ = ["regular_sensors", "random_sensors", "load_sensors", "parse_sensors", "check_positions", "grid_positions",
            "ObservationOperator", "NOISE_KINDS"]
 
 NOISE_KINDS = ("additive", "multiplicative")
@@ -45,6 +45,13 @@ def check_positions(positions, length: float, source: str = "sensor positions") 
     return p
 
 
+def grid_positions(grid: Grid, flat: torch.Tensor | None = None) -> torch.Tensor:
+    """Positions ``(points, 2)`` float64 (CPU) of the grid points with flattened indices ``flat`` (row-major,
+    as ``w.reshape(batch, -1)``), or of every grid point in that order."""
+    index = torch.arange(grid.n * grid.n) if flat is None else torch.as_tensor(flat).cpu()
+    return torch.stack([index // grid.n, index % grid.n], dim=1).to(torch.float64) * grid.dx
+
+
 def regular_sensors(nx: int, ny: int, length: float, offset: tuple[float, float] = (0.5, 0.5)) -> torch.Tensor:
     """``nx * ny`` sensors at ``((i + ox) L / nx, (j + oy) L / ny)`` ``(sensors, 2)``, x-major."""
     if nx < 1 or ny < 1:
@@ -63,8 +70,7 @@ def random_sensors(count: int, length: float, generator: torch.Generator | None 
         return torch.rand(count, 2, generator=generator, dtype=torch.float64) * length
     if count > grid.n ** 2:
         raise ValueError(f"{count} sensors do not fit on {grid.n}^2 grid points")
-    flat = torch.randperm(grid.n ** 2, generator=generator)[:count]
-    return torch.stack([flat // grid.n, flat % grid.n], dim=1).to(torch.float64) * grid.dx
+    return grid_positions(grid, torch.randperm(grid.n ** 2, generator=generator)[:count])
 
 
 def load_sensors(path: str | Path, length: float) -> torch.Tensor:

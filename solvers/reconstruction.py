@@ -17,7 +17,7 @@ import torch
 from scipy.interpolate import griddata
 
 from .grid import Grid
-from .observation import check_positions
+from .observation import check_positions, grid_positions
 
 __all__ = ["cubic_interpolate", "fourier_fit"]
 
@@ -54,7 +54,5 @@ def fourier_fit(values: torch.Tensor, positions, grid: Grid, modes: int, ridge: 
     A = _basis(pos, modes, grid.length)  # (sensors, features)
     b = values.detach().cpu().double()
     coeffs = torch.linalg.solve(A.T @ A + ridge * torch.eye(A.shape[1], dtype=torch.float64), A.T @ b.T)
-    x = torch.arange(grid.n, dtype=torch.float64) * grid.dx
-    pts = torch.cartesian_prod(x, x)
-    out = (_basis(pts, modes, grid.length) @ coeffs).T.reshape(-1, grid.n, grid.n)
+    out = (_basis(grid_positions(grid), modes, grid.length) @ coeffs).T.reshape(-1, grid.n, grid.n)
     return out.to(device=grid.device, dtype=grid.dtype)
