@@ -134,9 +134,7 @@ def make_plugin(cfg: RunConfig, flow: Flow):
         if cfg.observe.truth is None:
             raise ValueError(f"closure {cfg.closure.name!r} assimilates sensor data: give the truth trajectory "
                              f"with --observe TRUTH.h5 (make one with simulate.py --ensemble 1)")
-        if cfg.ensemble < cls.min_members:
-            raise ValueError(f"closure {cfg.closure.name!r} needs an ensemble of at least {cls.min_members} members, "
-                             f"got {cfg.ensemble}; use --ensemble 20 (E3)")
+        cls.check_members(cfg.ensemble)
         if parallel.world_size() > 1:
             raise ValueError(f"closure {cfg.closure.name!r} analyses the whole ensemble at once; run it in one "
                              f"process (no torchrun)")
@@ -155,7 +153,7 @@ def _check_observation_times(observations, flow: Flow, every: int, t0: float) ->
     calls = [t0 + j * every * flow.dt for j in range(1, 4)]
     if not any(observations.reference.frame_index(t) is not None for t in calls):
         raise ValueError(f"the truth {observations.reference.path} has no frame at the assimilation times "
-                         f"{[round(t, 6) for t in calls]} (every {every} steps of dt={flow.dt:g} from t0={flow.t0:g}); "
+                         f"{[round(t, 6) for t in calls]} (every {every} steps of dt={flow.dt:g} from t0={t0:g}); "
                          f"its frames run {times[0]:g}..{times[-1]:g} every {times[1] - times[0] if len(times) > 1 else 0:g}: "
                          f"record the truth at those times (--set record_every=K) or change --obs-every")
 
@@ -232,8 +230,12 @@ def prepare(args: argparse.Namespace):
     plugin, every = make_plugin(cfg, flow)
     out = Path(cfg.out or f"runs/{cfg.closure.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5")
     cfg = resolve(cfg, flow__dt=flow.dt, t0=t0, closure__every=every, out=str(out))
-    compare = args.reference or cfg.observe.truth
-    reference = Reference(compare, flow.grid, cfg.ensemble, flow.dt / 2, cfg.flow.coarse_grain) if compare else None
+    observations = getattr(plugin, "observations", None)
+    if args.reference is None and observations is not None:
+        reference = observations.reference  # the observed truth: one reader for the sensors and the metrics
+    else:
+        compare = args.reference or cfg.observe.truth
+        reference = Reference(compare, flow.grid, cfg.ensemble, flow.dt / 2, cfg.flow.coarse_grain) if compare else None
     return cfg, flow, plugin, steps, record_every, reference
 
 

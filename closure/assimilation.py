@@ -49,6 +49,13 @@ class Assimilation(Plugin):
         self.observations, self.nudge = observations, float(nudge)
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
 
+    @classmethod
+    def check_members(cls, members: int) -> None:
+        """``ValueError`` unless an ensemble of ``members`` is large enough for this plug-in."""
+        if members < cls.min_members:
+            raise ValueError(f"closure {cls.name!r} needs an ensemble of at least {cls.min_members} members, got "
+                             f"{members}; use --ensemble 20 (E3)")
+
     @staticmethod
     def example_observations(path, grid, truth: torch.Tensor, times, sensors: str = "regular:4x4",
                              noise: float = 0.1):
@@ -75,9 +82,7 @@ class Assimilation(Plugin):
         if obs is None:
             return None
         members = state.w.shape[0]
-        if members < self.min_members:
-            raise ValueError(f"{self.name} needs an ensemble of at least {self.min_members} members, got {members}; "
-                             f"use --ensemble 20 (E3)")
+        self.check_members(members)
         if not torch.isfinite(state.w).all():
             raise ValueError(f"{self.name}: the forecast ensemble is not finite at t={state.t:.4g} (a member blew up "
                              f"between analyses); assimilate more often or reduce dt")

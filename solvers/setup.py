@@ -180,6 +180,7 @@ class Reference:
         from .io import read_attrs, read_frame, read_times
 
         self.path, self.grid, self.tol, self.method = Path(path), grid, tol, method
+        self._last: tuple[int, torch.Tensor] | None = None  # (frame index, frame on the run's grid)
         self.times = read_times(self.path)
         length = float(read_attrs(self.path).get("grid_length", grid.length))
         shape = read_frame(self.path, 0).shape  # (member, n, n)
@@ -202,12 +203,16 @@ class Reference:
         return k if abs(self.times[k] - t) <= self.tol * (1 + 1e-9) else None
 
     def truth(self, t: float) -> torch.Tensor | None:
-        """Reference ``(member, n, n)`` at time ``t`` on the run's grid, or ``None`` if no frame matches."""
+        """Reference ``(member, n, n)`` at time ``t`` on the run's grid, or ``None`` if no frame matches.
+        The last frame is kept: callers sharing this reference at one time (the metrics and the sensors
+        of a twin experiment) read and coarse-grain it once. Do not modify the returned tensor."""
         from .io import read_frame
 
         k = self.frame_index(t)
         if k is None:
             return None
+        if self._last is not None and self._last[0] == k:
+            return self._last[1]
         w = torch.as_tensor(read_frame(self.path, k)).to(device=self.grid.device, dtype=self.grid.dtype)
         if self.n > self.grid.n:
             from .filters import coarse_grain, subsample
@@ -219,4 +224,5 @@ class Reference:
                 w = subsample(w, self.n // self.grid.n)
             else:
                 w = coarse_grain(w, self.grid.n, filter=self.method)
+        self._last = (k, w)
         return w
