@@ -2,7 +2,7 @@
 
     python benchmarks/assimilation_twin.py                 # 64^2, 10x10 sensors, noise 0.1, 20 members, 40 cycles
     python benchmarks/assimilation_twin.py --quick         # 32^2, 8x8 sensors, 10 cycles: a smoke run
-    python benchmarks/assimilation_twin.py --methods none letkf --set letkf.radius=1.0
+    python benchmarks/assimilation_twin.py --methods none letkf --option letkf.radius=1.0
 
 A truth run (``--truth-seed``) is observed by ``--sensors`` with Gaussian noise every ``--obs-every``
 solver steps; each method runs ``simulate.py --closure METHOD --observe truth.h5`` from the same
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import simulate
+from closure.evaluation import parse_options
 from solvers.io import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -49,23 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "scales finer than the 10x10 sensor spacing and the physical-space filters diverge)")
     p.add_argument("--truth-seed", type=int, default=100, help="seed of the truth's initial state")
     p.add_argument("--seed", type=int, default=1, help="seed of the ensemble's initial draws")
-    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help=f"plug-in option (defaults {DEFAULT_OPTIONS})")
+    p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help=f"plug-in option, value read as YAML (defaults {DEFAULT_OPTIONS})")
     p.add_argument("--out", type=Path, default=Path("runs/assimilation_twin"), help="folder for the runs")
     p.add_argument("--json", type=Path, default=RESULTS / "assimilation_twin.json", help="results file")
     p.add_argument("--quick", action="store_true", help="32^2, 8x8 sensors, 10 cycles")
     return p
-
-
-def _options(items: list[str]) -> dict[str, dict]:
-    import yaml
-
-    out = {k: dict(v) for k, v in DEFAULT_OPTIONS.items()}
-    for item in items:
-        key, _, value = item.partition("=")
-        method, _, option = key.partition(".")
-        out.setdefault(method, {})[option] = yaml.safe_load(value)
-    return out
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -81,7 +71,9 @@ def run(args: argparse.Namespace) -> dict:
     with h5py.File(truth) as f:
         rms = float(np.sqrt(np.mean(f["vorticity"][0].astype(np.float64) ** 2)))
     sigma = args.noise * rms
-    options, rows = _options(args.set), {}
+    given = parse_options(args.option)
+    options = {m: {**DEFAULT_OPTIONS.get(m, {}), **given.get(m, {})} for m in args.methods}
+    rows = {}
     for method in args.methods:
         path = args.out / f"{method}.h5"
         sets = [a for k, v in options.get(method, {}).items() for a in ("--set", f"closure.options.{k}={v}")]

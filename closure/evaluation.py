@@ -34,6 +34,7 @@ import yaml
 
 from solvers import diagnostics
 from solvers.config import FlowConfig, build_dataclass
+from solvers.io import atomic_write_text
 from solvers.pairs import PairData, read_attrs, read_pairs
 from solvers.random import MemberRNG
 from solvers.rollout import BlowUpError, rollout
@@ -42,7 +43,7 @@ from solvers.setup import build_flow
 from . import statistics
 from .registry import available, make_plugin
 
-__all__ = ["coarse_flow", "a_priori", "a_posteriori", "long_run", "evaluate", "load_results", "merge_results",
+__all__ = ["coarse_flow", "a_priori", "a_posteriori", "long_run", "evaluate", "load_results", "merge_results", "parse_options",
            "markdown_table", "long_run_table",
            "add_arguments", "run"]
 
@@ -235,7 +236,8 @@ def _parse_checkpoints(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _parse_options(items: list[str]) -> dict[str, dict]:
+def parse_options(items: list[str]) -> dict[str, dict]:
+    """``["NAME.KEY=VALUE", ...]`` (values read as YAML) -> ``{NAME: {KEY: VALUE}}``."""
     out: dict[str, dict] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -292,9 +294,9 @@ def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str],
         results = merge_results([load_results(m, attrs) for m in merge] + [results])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out / "evaluation.json", json.dumps(results, indent=2))
     has_long = "long_run_reference" in results
-    (out / "table.md").write_text(markdown_table(results) + (f"\n{long_run_table(results)}" if has_long else ""))
+    atomic_write_text(out / "table.md", markdown_table(results) + (f"\n{long_run_table(results)}" if has_long else ""))
     _figures(results, out, float(attrs["grid_length"]))
     if has_long:
         _long_run_figure(results, out)
@@ -508,7 +510,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("nothing to evaluate: name plug-ins with --closure or earlier runs with --merge")
         results = evaluate(args.data, closures, _parse_checkpoints(args.checkpoint), args.out, args.ensemble,
                            args.every, args.device, args.dtype, args.seed, args.max_test,
-                           _parse_options(args.option), args.t_end, args.long_steps, args.long_every,
+                           parse_options(args.option), args.t_end, args.long_steps, args.long_every,
                            args.lyapunov, args.merge)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
