@@ -9,10 +9,18 @@ from the noisy sensor values alone, and every member moves toward it:
   modes ``|k| <= modes``), :mod:`solvers.reconstruction`;
 - ``gappy_pod``: least squares in a POD basis fitted to the frames of a trajectory file (``basis``,
   ``modes``, Tikhonov ``ridge``), :mod:`latent.pod`. ``python -m latent.pod`` places sensors by pivoted
-  QR of that basis and writes a file for ``--sensors``.
+  QR of that basis and writes a file for ``--sensors``;
+- ``sparse_recon``: the learned Senseiver-style model of :mod:`latent.sparse_recon` (``checkpoint`` from
+  ``train_closure.py train --closure sparse_recon``), any sensor layout, with a per-point standard
+  deviation; ``ensemble = "sample"`` gives every member its own draw from that uncertainty (smooth
+  fields: :func:`latent.sparse_recon.correlated_noise` of width the mean sensor spacing), ``"first"``
+  does so at the first observation only (an ensemble initialisation) and nudges toward the mean after.
 """
 from __future__ import annotations
 
+import logging
+import math
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -20,7 +28,9 @@ import torch
 from .assimilation import Assimilation
 from .registry import register
 
-__all__ = ["Reconstruction", "Interpolation", "GappyPOD"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Reconstruction", "Interpolation", "GappyPOD", "SparseReconPlugin"]
 
 
 class Reconstruction(Assimilation):
@@ -83,3 +93,75 @@ class GappyPOD(Reconstruction):
         from latent.pod import gappy_reconstruct
 
         return gappy_reconstruct(self.basis, y[None].to(torch.float64), self.rows, self.ridge)
+
+
+@register("sparse_recon")
+class SparseReconPlugin(Reconstruction):
+    """Learned sparse reconstruction (:class:`latent.sparse_recon.SparseRecon`) from ``checkpoint``, on
+    ``device``; ``ensemble``: ``mean`` (every member to the mean), ``sample`` (each member to its own draw
+    of mean + std x smooth noise) or ``first`` (draws at the first observation, the mean after)."""
+
+    requires_checkpoint: ClassVar[bool] = True  # trainable with train_closure.py train --closure sparse_recon
+    ENSEMBLE = ("mean", "sample", "first")
+
+    def __init__(self, grid, equation, observations=None, nudge: float = 1.0, checkpoint: str | None = None,
+                 device=None, ensemble: str = "mean") -> None:
+        super().__init__(grid, equation, observations, nudge)
+        from latent.checkpoint import compare_flows, load_checkpoint
+
+        if checkpoint is None:
+            raise ValueError("sparse_recon needs a trained model: --checkpoint FILE (closure.options.checkpoint); "
+                             "train one with `python train_closure.py train --closure sparse_recon --data FILE`")
+        if ensemble not in self.ENSEMBLE:
+            raise ValueError(f"unknown ensemble mode {ensemble!r}; choose one of {list(self.ENSEMBLE)}")
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.closure != self.name:
+            raise ValueError(f"checkpoint {checkpoint} was trained for {ckpt.closure!r}, not {self.name!r}")
+        ckpt.check_grid(grid.n, grid.length)
+        differ = compare_flows(ckpt.flow, {"nu": equation.nu, "drag": equation.drag})
+        if differ:  # the model knows the training flow's statistics; another flow is allowed but worth a word
+            log.warning("sparse_recon: checkpoint trained on another flow (%s)", "; ".join(differ))
+        self.device = torch.device(device) if device is not None else grid.device
+        self.model = ckpt.build_model(self.device, torch.float32).eval()
+        self.norm, self.checkpoint, self.ensemble = ckpt.normalization, str(checkpoint), ensemble
+        self.calls = 0
+
+    @torch.no_grad()
+    def reconstruct_with_std(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation ``(1, x, y)`` in physical units from sensor values ``(sensors,)``."""
+        positions = (self.observations.operator.positions / self.grid.length).to(self.device, torch.float32)
+        values = self.norm.state(y.to(self.device, torch.float32))[None]
+        mean, std = self.model.reconstruct(values, positions, self.grid.n)
+        scale = self.norm.state_std
+        return mean * scale + self.norm.state_mean, std * scale
+
+    def reconstruct(self, y):
+        return self.reconstruct_with_std(y)[0]
+
+    def analysis(self, X, HX, obs, state):
+        self.calls += 1
+        mean, std = (t.reshape(1, -1).to(X) for t in self.reconstruct_with_std(obs.y))
+        if self.ensemble == "mean" or (self.ensemble == "first" and self.calls > 1):
+            return mean.expand_as(X)
+        from latent.sparse_recon import correlated_noise
+        from solvers.random import normal_like
+
+        n, spacing = self.grid.n, self.grid.length / math.sqrt(self.observations.operator.count)
+        white = normal_like(torch.empty(X.shape[0], n, n, dtype=X.dtype, device=X.device), state.generator)
+        return mean + std * correlated_noise(white, self.grid.length, spacing).reshape(X.shape)
+
+    @classmethod
+    def example_checkpoint(cls, path: str | Path, grid, equation, seed: int = 0) -> Path:
+        """An untrained tiny model that fits ``grid`` (contract tests, smoke runs)."""
+        from latent.checkpoint import save_checkpoint
+        from latent.models import Normalization, build_model
+
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = build_model(cls.name, latents=4, width=8, heads=2, blocks=1, frequencies=2)
+        return save_checkpoint(path, model=model, closure=cls.name, grid={"n": grid.n, "length": grid.length},
+                               flow={"name": "example", "nu": equation.nu, "drag": equation.drag},
+                               normalization=Normalization(0.0, 1.0, 0.0, 1.0), config="# untrained example\n")
+
+    def describe(self) -> str:
+        return f"{super().describe()}, checkpoint {self.checkpoint}, ensemble {self.ensemble}"

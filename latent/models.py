@@ -128,3 +128,4 @@ class FNOClosureModel(TrainableModel):
 
 
 from . import cdm as _cdm  # noqa: E402,F401  registers p_cdm, latent_cdm, latent_cdm_two_phase
+from . import sparse_recon as _sparse_recon  # noqa: E402,F401  registers sparse_recon

@@ -23,7 +23,7 @@ from .grid import Grid
 from .random import normal_like
 
 __all__ = ["regular_sensors", "random_sensors", "load_sensors", "parse_sensors", "check_positions", "grid_positions",
-           "ObservationOperator", "NOISE_KINDS"]
+           "ObservationOperator", "NOISE_KINDS", "sample_fields"]
 
 NOISE_KINDS = ("additive", "multiplicative")
 
@@ -111,6 +111,31 @@ def parse_sensors(spec: str, grid: Grid, seed: int = 0) -> torch.Tensor:
     return random_sensors(count, grid.length, generator, grid if kind == "grid" else None)
 
 
+def _fourier_factors(p: torch.Tensor, n: int, length: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``exp(i kx x)`` ``(..., sensors, n)`` and ``weight * exp(i ky y)`` ``(..., sensors, n // 2 + 1)`` (complex128)
+    for positions ``p`` ``(..., sensors, 2)``: summed against an ``rfft2(norm="forward")`` they give the
+    Fourier series at ``p``."""
+    scale = 2 * math.pi / length
+    kx = scale * torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64, device=p.device)
+    ky = scale * torch.fft.rfftfreq(n, d=1.0 / n, dtype=torch.float64, device=p.device)
+    weight = torch.full_like(ky, 2.0)  # the rfft half-plane counts each ky > 0 twice ...
+    weight[0] = 1.0
+    weight[-1] = 1.0  # ... except ky = 0 and the Nyquist column
+    p = p.to(torch.float64)
+    return torch.exp(1j * p[..., :1] * kx), torch.exp(1j * p[..., 1:] * ky) * weight
+
+
+def sample_fields(w: torch.Tensor, positions: torch.Tensor, length: float) -> torch.Tensor:
+    """Fourier-series values ``(batch, sensors)`` of ``w`` ``(batch, x, y)`` at per-sample positions
+    ``(batch, sensors, 2)`` (or one layout ``(sensors, 2)``) in a periodic box of side ``length``: the batched,
+    differentiable form of :class:`ObservationOperator` (no position checks), for training on random layouts."""
+    ex, ey = _fourier_factors(positions, w.shape[-1], length)
+    ctype = torch.complex128 if w.dtype == torch.float64 else torch.complex64
+    w_hat = torch.fft.rfft2(w, norm="forward")
+    pattern = "bkl,bsk,bsl->bs" if positions.dim() == 3 else "bkl,sk,sl->bs"
+    return torch.einsum(pattern, w_hat, ex.to(ctype), ey.to(ctype)).real
+
+
 class ObservationOperator:
     """Samples ``(batch, x, y)`` fields at ``positions`` ``(sensors, 2)``; optional Gaussian noise.
 
@@ -125,15 +150,8 @@ class ObservationOperator:
             raise ValueError(f"noise must be a finite standard deviation >= 0, got {noise}")
         self.grid, self.noise, self.kind = grid, float(noise), kind
         self.positions = check_positions(positions, grid.length)
-        p = self.positions.to(grid.device)
-        ctype = grid.complex_dtype
-        kx = grid.kx[:, 0].to(torch.float64)
-        ky = grid.ky[0, :].to(torch.float64)
-        weight = torch.full_like(ky, 2.0)  # the rfft half-plane counts each ky > 0 twice ...
-        weight[0] = 1.0
-        weight[-1] = 1.0  # ... except ky = 0 and the Nyquist column
-        self._ex = torch.exp(1j * p[:, :1] * kx[None, :]).to(ctype)  # (sensors, kx)
-        self._ey = (torch.exp(1j * p[:, 1:] * ky[None, :]) * weight).to(ctype)  # (sensors, ky)
+        self._ex, self._ey = _fourier_factors(self.positions.to(grid.device), grid.n, grid.length)
+        self._ex, self._ey = self._ex.to(grid.complex_dtype), self._ey.to(grid.complex_dtype)
 
     @property
     def count(self) -> int:

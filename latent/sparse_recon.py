@@ -1,0 +1,204 @@
+"""Sparse-sensor reconstruction, Senseiver-style (seed 000, experiment E4): the ``sparse_recon`` model.
+
+Any number of sensors at any positions in, the field at any coordinate out, with its uncertainty::
+
+    tokens  = MLP([value, phi(p), value phi(p)])                   (batch, sensors, width)
+    latents = CrossAttention(latent array <- tokens)               (batch, latents, width)  padding masked
+    latents = SelfAttention^blocks(latents)
+    mean, var = Head(CrossAttention(MLP(phi(q)) <- latents))      (batch, queries)
+
+Positions are in box units, ``[0, 1)^2`` (divide physical positions by the box side), so one model
+fits any box length. ``phi`` are periodic Fourier features, ``sin / cos(2 pi k x)`` for
+``k = 1..frequencies`` along each axis. The sensors enter only as an attention set, with no index, so
+the output does not depend on their order and their number may change from call to call. The product
+``value * phi(p)`` in the token hands the cross-attention, a weighted mean over the sensors, the
+Fourier-projection sums ``sum_s value_s phi(p_s)`` (the adjoint of sampling) without having to learn a
+multiplication (on the 32^2 test family: rel_l2 0.56 instead of 0.80 after the same 20 epochs).
+
+Training (``loss``, through the shared pipeline of :mod:`latent.training`) draws for every sample a
+sensor count log-uniform in ``[min_sensors, max_sensors]`` at uniform random off-grid positions, reads
+their values by the field's Fourier series (:func:`solvers.observation.sample_fields`, exact for the
+band-limited solver fields), adds Gaussian noise of a random level in ``[0, noise]`` times the field's
+RMS, and scores ``queries`` random grid points: mean squared error for the mean, plus the Gaussian
+negative log-likelihood of the predicted variance with the mean held fixed (so the variance is fitted to
+the actual error and the mean is not traded for it). All values are in the dataset's normalised units.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from solvers.observation import sample_fields
+
+from .models import TrainableModel, register_model
+
+__all__ = ["fourier_features", "SparseRecon", "correlated_noise"]
+
+Z90 = 1.6448536269514722  # the central 90 % band of a Gaussian is mean +- Z90 std
+
+
+def fourier_features(p: torch.Tensor, length: float, frequencies: int) -> torch.Tensor:
+    """Periodic features ``(..., 4 frequencies)`` of positions ``p`` ``(..., 2)`` in a box of side ``length``."""
+    k = torch.arange(1, frequencies + 1, device=p.device, dtype=p.dtype) * (2 * math.pi / length)
+    angles = p[..., :, None] * k  # (..., 2, frequencies)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
+def _mlp(d_in: int, width: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, width), nn.GELU(), nn.Linear(width, width))
+
+
+class CrossBlock(nn.Module):
+    """Pre-norm cross-attention (queries read keys) plus an MLP, both residual."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm_mlp = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        kv = self.norm_kv(kv)
+        q = q + self.attn(self.norm_q(q), kv, kv, key_padding_mask=pad, need_weights=False)[0]
+        return q + self.mlp(self.norm_mlp(q))
+
+
+@register_model("sparse_recon")
+class SparseRecon(TrainableModel):
+    """Perceiver-style sparse reconstruction with a per-point Gaussian uncertainty (see the module doc).
+
+    ``latents`` x ``width: the learned latent array; ``heads``,
+    ``blocks`` (self-attention layers), ``frequencies`` (Fourier features per axis); training draws:
+    ``min_sensors`` .. ``max_sensors`` sensors, noise up to ``noise`` x RMS, ``queries`` points per sample.
+    """
+
+    def __init__(self, latents: int = 64, width: int = 64, heads: int = 4,
+                 blocks: int = 2, frequencies: int = 16, min_sensors: int = 8, max_sensors: int = 160,
+                 noise: float = 0.1, queries: int = 1024) -> None:
+        super().__init__()
+        if not 1 <= min_sensors <= max_sensors:
+            raise ValueError(f"need 1 <= min_sensors <= max_sensors, got {min_sensors}, {max_sensors}")
+        self.length, self.frequencies = 1.0, int(frequencies)  # positions in box units
+        self.min_sensors, self.max_sensors, self.noise, self.queries = min_sensors, max_sensors, noise, queries
+        features = 4 * frequencies
+        self.latent_array = nn.Parameter(0.02 * torch.randn(latents, width))
+        self.embed_sensor = _mlp(1 + 2 * features, width)
+        self.embed_query = _mlp(features, width)
+        self.read = CrossBlock(width, heads)
+        self.process = nn.ModuleList(
+            nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True) for _ in range(blocks))
+        self.write = CrossBlock(width, heads)
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2))
+
+    # ---- inference ------------------------------------------------------------------------------------------
+
+    def encode(self, values: torch.Tensor, positions: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents ``(batch, latents, width)`` from sensor values ``(batch, sensors)`` at ``positions``
+        ``(batch, sensors, 2)`` or ``(sensors, 2)`` in box units ``[0, 1)``; ``pad`` ``(batch, sensors)`` True marks padding."""
+        _check_sensors(values, positions, pad)
+        positions = positions.to(values).expand(values.shape[0], -1, -1)
+        phi = fourier_features(positions, self.length, self.frequencies)
+        tokens = self.embed_sensor(torch.cat([values[..., None], phi, values[..., None] * phi], -1))
+        z = self.read(self.latent_array.expand(values.shape[0], -1, -1), tokens, pad)
+        for block in self.process:
+            z = block(z)
+        return z
+
+    def decode(self, z: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance ``(batch, queries)`` at ``coords`` ``(batch, queries, 2)`` or ``(queries, 2)`` (box units)."""
+        coords = coords.to(z).expand(z.shape[0], -1, -1)
+        q = self.embed_query(fourier_features(coords, self.length, self.frequencies))
+        mean, raw = self.head(self.write(q, z)).unbind(-1)
+        return mean, F.softplus(raw) + 1e-6
+
+    def query(self, values: torch.Tensor, positions: torch.Tensor, coords: torch.Tensor,
+              pad: torch.Tensor | None = None, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation ``(batch, queries)`` of the field at ``coords`` from the sensors."""
+        z = self.encode(values, positions, pad)
+        parts = [self.decode(z, c) for c in coords.split(chunk, dim=-2)]
+        return torch.cat([m for m, _ in parts], -1), torch.cat([v for _, v in parts], -1).sqrt()
+
+    def reconstruct(self, values: torch.Tensor, positions: torch.Tensor, n: int,
+                    pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation ``(batch, n, n)`` on the ``n x n`` grid of the box."""
+        mean, std = self.query(values, positions, grid_coordinates(n, self.length, values), pad)
+        return mean.reshape(-1, n, n), std.reshape(-1, n, n)
+
+    def predict(self, state: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A-priori check: the mean reconstruction of ``state`` ``(batch, x, y)`` from its own values at
+        ``sqrt(min_sensors * max_sensors)`` random positions."""
+        count = round(math.sqrt(self.min_sensors * self.max_sensors))
+        positions = torch.rand(state.shape[0], count, 2, generator=generator, dtype=torch.float64).to(state.device)
+        positions = positions * self.length
+        return self.reconstruct(sample_fields(state, positions, self.length).to(state.dtype), positions,
+                                state.shape[-1])[0]
+
+    # ---- training -------------------------------------------------------------------------------------------
+
+    def draw_sensors(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Random training layouts for ``state`` ``(batch, x, y)``: noisy values and positions
+        ``(batch, most, [2])`` and the padding mask (True past each sample's own count)."""
+        batch, device = state.shape[0], state.device
+        lo, hi = math.log(self.min_sensors), math.log(self.max_sensors + 1)
+        counts = torch.exp(lo + (hi - lo) * torch.rand(batch, device=device)).floor().clamp(max=self.max_sensors)
+        most = int(counts.max())
+        pad = torch.arange(most, device=device)[None, :] >= counts[:, None]
+        positions = torch.rand(batch, most, 2, device=device, dtype=state.dtype) * self.length
+        values = sample_fields(state, positions, self.length).to(state.dtype)
+        rms = state.pow(2).mean((-2, -1)).sqrt()[:, None]
+        level = self.noise * torch.rand(batch, 1, device=device, dtype=state.dtype)
+        return values + level * rms * torch.randn_like(values), positions, pad
+
+    def loss(self, state: torch.Tensor, target: torch.Tensor | None = None):
+        """MSE of the mean plus Gaussian NLL of the variance (mean detached) at random grid points;
+        ``target`` (a closure term in the pair files) is not used."""
+        values, positions, pad = self.draw_sensors(state)
+        n, batch = state.shape[-1], state.shape[0]
+        index = torch.randint(n * n, (batch, min(self.queries, n * n)), device=state.device)
+        coords = grid_coordinates(n, self.length, state)[index]
+        truth = state.reshape(batch, -1).gather(1, index)
+        mean, var = self.decode(self.encode(values, positions, pad), coords)
+        mse = (mean - truth).pow(2).mean()
+        nll = 0.5 * (var.log() + (truth - mean.detach()).pow(2) / var).mean()
+        return mse + nll, {"mse": mse.detach(), "nll": nll.detach()}
+
+
+def grid_coordinates(n: int, length: float, like: torch.Tensor) -> torch.Tensor:
+    """Positions ``(n*n, 2)`` of the ``n x n`` grid points, row-major (``w.reshape(batch, -1)`` order)."""
+    x = torch.arange(n, device=like.device, dtype=like.dtype) * (length / n)
+    return torch.cartesian_prod(x, x)
+
+
+def _check_sensors(values: torch.Tensor, positions: torch.Tensor, pad: torch.Tensor | None) -> None:
+    if values.dim() != 2 or values.shape[1] == 0:
+        raise ValueError(f"sparse_recon needs sensor values (batch, sensors) with at least one sensor, got shape "
+                         f"{tuple(values.shape)}; a reconstruction from no data is the climatology, not a model call")
+    if positions.shape[-2:] != (values.shape[1], 2):
+        raise ValueError(f"sensor positions {tuple(positions.shape)} do not match values {tuple(values.shape)}")
+    valid = ~pad if pad is not None else torch.ones_like(values, dtype=torch.bool)
+    if pad is not None and not valid.any(1).all():
+        raise ValueError("a sample has every sensor padded out: give at least one sensor per sample")
+    if not torch.isfinite(values[valid]).all():
+        raise ValueError(f"{int((~torch.isfinite(values[valid])).sum())} sensor reading(s) are NaN or infinite; drop "
+                         f"those sensors (or mask them with pad) before reconstructing")
+
+
+def correlated_noise(white: torch.Tensor, length: float, scale: float) -> torch.Tensor:
+    """Smooth Gaussian fields ``(..., n, n)`` from white noise ``white`` (unit variance per point), with the
+    correlation ``exp(-r^2 / (2 scale^2))`` at distance ``r``: filtered by a Gaussian (:func:`solvers.filters.gaussian_transfer`) and rescaled by the
+    kernel's norm, so every point keeps unit variance. Turns a per-point standard deviation into smooth
+    ensemble members (``mean + std * correlated_noise(...)``)."""
+    from solvers.filters import apply_filter, gaussian_transfer
+    from solvers.grid import Grid
+
+    n = white.shape[-1]
+    grid = Grid(n, length, dtype=torch.float64)
+    transfer = gaussian_transfer(grid, scale * math.sqrt(6))  # exp(-|k|^2 scale^2 / 4): correlation exp(-r^2 / 2 scale^2)
+    delta = torch.zeros(n, n, dtype=torch.float64)
+    delta[0, 0] = 1.0
+    norm = apply_filter(delta, transfer).pow(2).sum().sqrt()
+    return (apply_filter(white.to(torch.float64), transfer.to(white.device)) / norm).to(white.dtype)
