@@ -12,10 +12,14 @@ mean over fields) and milliseconds per field:
   field), and for gappy POD ``qr`` (pivoted-QR grid points of the basis, fixed);
 - noise: 0 and ``--noise`` (default 0.1) times the fields' RMS, additive Gaussian;
 - methods: ``cubic`` (periodic Clough-Tocher), ``fourier`` (ridge fit of the modes ``|k| <= m`` with
-  ``(2m+1)^2 <= sensors / 2``), ``gappy_pod`` (``sensors // 2`` modes, at most 100, Tikhonov ridge).
+  ``(2m+1)^2 <= sensors / 2``), ``gappy_pod`` (``sensors // 2`` modes, at most 100, Tikhonov ridge),
+  ``sparse_recon`` (the learned model of ``--checkpoint``, one model for every count and layout).
 
-The issue's goal for the learned ``sparse_recon`` is ``rel_l2 <= 0.10`` at 1 % sensors; these are the
-numbers it has to beat. Writes ``results/reconstruction.{json,md}``.
+For ``sparse_recon`` the table also gives the calibration of its uncertainty: ``coverage90``, the
+fraction of grid values inside the predicted central 90 % band (mean +- 1.645 std; calibrated: 0.90),
+and ``std_ratio``, the mean predicted std over the actual RMS error (calibrated: ~1).
+The issue's goal for ``sparse_recon`` is ``rel_l2 <= 0.10`` at 1 % sensors. Writes
+``results/reconstruction.{json,md}``.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import numpy as np
 import torch
 
 from latent.pod import fit_pod, gappy_reconstruct, qr_sensors
+from latent.sparse_recon import Z90
 from solvers.grid import Grid
 from solvers.io import atomic_write_text
 from solvers.observation import ObservationOperator, grid_positions, random_sensors
@@ -36,6 +41,7 @@ from solvers.pairs import read_pairs
 from solvers.reconstruction import cubic_interpolate, fourier_fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SHIPPED = Path(__file__).resolve().parent.parent / "closure" / "checkpoints" / "sparse_recon_e1_small.pt"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 1.0, 3.0], help="sensors, %% of grid points")
     p.add_argument("--noise", type=float, default=0.1, help="noise standard deviation / field RMS (default 0.1)")
     p.add_argument("--snapshots", type=int, default=2000, help="train states used for the POD basis")
+    p.add_argument("--checkpoint", default=str(SHIPPED),
+                   help="sparse_recon checkpoint (train_closure.py train --closure sparse_recon); 'none' skips it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=RESULTS / "reconstruction.json", help="results file")
     return p
@@ -62,6 +70,30 @@ INTERPOLATIONS = {  # name -> reconstruct(values (1, sensors), operator) -> (1, 
 }
 
 
+def load_learned(path: str, grid: Grid):
+    """``reconstruct(values (1, sensors), operator) -> (mean, std)`` ``(1, x, y)`` of a sparse_recon checkpoint."""
+    from latent.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, grid=(grid.n, grid.length))
+    model, norm = ckpt.build_model("cpu", torch.float32).eval(), ckpt.normalization
+
+    @torch.no_grad()
+    def reconstruct(values, op):
+        mean, std = model.reconstruct(norm.state(values).float(), (op.positions / grid.length).float(), grid.n)
+        return mean.double() * norm.state_std + norm.state_mean, std.double() * norm.state_std
+
+    return reconstruct
+
+
+def _score(rec, w, std=None) -> dict:
+    out = {"rel_l2": float((rec[0] - w).norm() / w.norm())}
+    if std is not None:
+        err = (rec[0] - w).abs()
+        out.update(coverage90=float((err <= Z90 * std[0]).double().mean()),
+                   std_ratio=float(std[0].mean() / err.pow(2).mean().sqrt()))
+    return out
+
+
 def run(args) -> dict:
     torch.manual_seed(args.seed)
     train, test = read_pairs(args.data, "train"), read_pairs(args.data, "test")
@@ -70,13 +102,7 @@ def run(args) -> dict:
     grid = Grid(n, length, dtype=torch.float64)
     pick = np.linspace(0, len(train.state) - 1, min(args.snapshots, len(train.state))).round().astype(int)
     full = fit_pod(train.state[pick].double(), min(100, len(pick)))
-    bases = {}
-
-    def basis(k):
-        if k not in bases:
-            bases[k] = type(full)(full.mean, full.modes[:k], full.energy[:k], full.shape)
-        return bases[k]
-
+    learned = None if args.checkpoint == "none" else load_learned(args.checkpoint, grid)
     fields = test.state[np.linspace(0, len(test.state) - 1, args.fields).round().astype(int)].double()
     rms = float(fields.pow(2).mean().sqrt())
     g = torch.Generator().manual_seed(args.seed)
@@ -84,44 +110,51 @@ def run(args) -> dict:
     for fraction in args.fractions:
         count = max(3, round(fraction / 100 * n * n))
         k = min(100, max(1, count // 2))
+        basis = type(full)(full.mean, full.modes[:k], full.energy[:k], full.shape)
+        methods = {**INTERPOLATIONS,
+                   "gappy_pod": lambda v, op: gappy_reconstruct(basis, v, op.matrix().double(), ridge=1e-3)}
+        if learned is not None:
+            methods["sparse_recon"] = learned
         fixed = random_sensors(count, length, g)
-        qr = grid_positions(grid, qr_sensors(basis(k), count))
+        qr = grid_positions(grid, qr_sensors(basis, count))
         for noise in (0.0, args.noise):
-            cases = [("fixed", ["cubic", "fourier", "gappy_pod"]), ("changing", ["cubic", "fourier", "gappy_pod"]),
-                     ("qr", ["gappy_pod"])]
-            for layout, names in cases:
+            for layout in ("fixed", "changing", "qr"):
+                names = ["gappy_pod"] if layout == "qr" else list(methods)
                 ops = {"fixed": ObservationOperator(grid, fixed), "qr": ObservationOperator(grid, qr)}
-                scores = {name: ([], 0.0) for name in names}
+                scores = {name: [] for name in names}
                 for w in fields:
                     op = ops.get(layout) or ObservationOperator(grid, random_sensors(count, length, g))
                     y = op(w[None]) + noise * rms * torch.randn(1, count, generator=g, dtype=torch.float64)
-                    sensor_rows = op.matrix().double() if "gappy_pod" in names else None
                     for name in names:
                         tick = time.perf_counter()
-                        if name == "gappy_pod":
-                            rec = gappy_reconstruct(basis(k), y, sensor_rows, ridge=1e-3)
-                        else:
-                            rec = INTERPOLATIONS[name](y, op)
+                        out = methods[name](y, op)
                         spent = time.perf_counter() - tick
-                        err = float((rec[0] - w).norm() / w.norm())
-                        errs, total = scores[name]
-                        scores[name] = (errs + [err], total + spent)
-                for name, (errs, total) in scores.items():
-                    rows.append({"fraction_pct": fraction, "sensors": count, "noise": noise, "layout": layout,
-                                 "method": name, "rel_l2": float(np.mean(errs)), "rel_l2_std": float(np.std(errs)),
-                                 "ms_per_field": 1e3 * total / len(fields),
-                                 "detail": f"modes {_fourier_modes(count)}" if name == "fourier" else
-                                 (f"{k} POD modes" if name == "gappy_pod" else "")})
-                    print(f"{fraction:5.2f}% {count:4d} noise {noise:.2f} {layout:8s} {name:10s} "
+                        rec, std = out if isinstance(out, tuple) else (out, None)
+                        scores[name].append({**_score(rec, w, std), "seconds": spent})
+                for name, per_field in scores.items():
+                    rows.append(_row(fraction, count, noise, layout, name, per_field, k))
+                    print(f"{fraction:5.2f}% {count:4d} noise {noise:.2f} {layout:8s} {name:12s} "
                           f"rel_l2 {rows[-1]['rel_l2']:.3f}", flush=True)
-    return {"data": str(args.data), "grid_n": n, "fields": args.fields, "field_rms": rms, "rows": rows}
+    return {"data": str(args.data), "grid_n": n, "fields": args.fields, "field_rms": rms,
+            "checkpoint": args.checkpoint, "rows": rows}
+
+
+def _row(fraction, count, noise, layout, name, per_field, k) -> dict:
+    mean = {key: float(np.mean([f[key] for f in per_field])) for key in per_field[0]}
+    detail = {"fourier": f"modes {_fourier_modes(count)}", "gappy_pod": f"{k} POD modes"}.get(name, "")
+    return {"fraction_pct": fraction, "sensors": count, "noise": noise, "layout": layout, "method": name,
+            "rel_l2": mean["rel_l2"], "rel_l2_std": float(np.std([f["rel_l2"] for f in per_field])),
+            "ms_per_field": 1e3 * mean["seconds"], "coverage90": mean.get("coverage90"),
+            "std_ratio": mean.get("std_ratio"), "detail": detail}
 
 
 def table(results: dict) -> str:
-    lines = ["| sensors | noise | layout | method | rel_l2 | ms / field | detail |", "|---|---|---|---|---|---|---|"]
+    lines = ["| sensors | noise | layout | method | rel_l2 | 90 % band coverage | std / rmse | ms / field | detail |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
+        calib = (f"{r['coverage90']:.3f} | {r['std_ratio']:.2f}" if r.get("coverage90") is not None else "— | —")
         lines.append(f"| {r['fraction_pct']:g} % ({r['sensors']}) | {r['noise']:g} | {r['layout']} | {r['method']} | "
-                     f"{r['rel_l2']:.3f} ± {r['rel_l2_std']:.3f} | {r['ms_per_field']:.3g} | {r['detail']} |")
+                     f"{r['rel_l2']:.3f} ± {r['rel_l2_std']:.3f} | {calib} | {r['ms_per_field']:.3g} | {r['detail']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -130,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data).is_file():
         print(f"error: {args.data} does not exist; make it with "
               f"`python train_closure.py generate --config configs/data_e1_small.yaml`")
+        return 2
+    if args.checkpoint != "none" and not Path(args.checkpoint).is_file():
+        print(f"error: sparse_recon checkpoint {args.checkpoint} does not exist; train one with `python "
+              f"train_closure.py train --closure sparse_recon --data {args.data}` or pass --checkpoint none")
         return 2
     results = run(args)
     text = table(results)

@@ -178,5 +178,9 @@ class ObservationOperator:
     def matrix(self) -> torch.Tensor:
         """The operator as a dense ``(sensors, x*y)`` matrix (row-major flattening of ``(x, y)``)."""
         n = self.grid.n
-        eye = torch.eye(n * n, device=self.grid.device, dtype=self.grid.dtype).reshape(n * n, n, n)
-        return torch.cat([self(chunk) for chunk in eye.split(1024)]).T.contiguous()
+        x = torch.arange(n, device=self._ex.device, dtype=torch.float64) * (2 * math.pi / n)  # k x_i in grid units
+        k = torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64, device=x.device)
+        a = self._ex.to(torch.complex128) @ torch.exp(-1j * k[:, None] * x[None, :])  # (sensors, x): sum over kx
+        b = self._ey.to(torch.complex128) @ torch.exp(-1j * k[: n // 2 + 1, None] * x[None, :])  # (sensors, y)
+        rows = (a[:, :, None] * b[:, None, :]).real / n**2  # Re: the rfft half-plane sum of a real field
+        return rows.reshape(self.count, n * n).to(self.grid.dtype)
