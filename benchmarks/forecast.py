@@ -1,0 +1,174 @@
+"""E4 forecasting: error vs horizon of reconstruct-then-simulate from sparse sensors (issue 6).
+
+    python benchmarks/forecast.py                         # E1 small data, 1 % sensors, noise 0.1, 30 frames
+    python benchmarks/forecast.py --fraction 3 --noise 0 --starts 10
+
+For ``--starts`` start frames of the test trajectory of a pair file: the sensors (``--fraction`` % of
+the grid points at uniform random off-grid positions, a new layout per start, additive noise
+``--noise`` x the fields' RMS) are read at the start frame, the state is reconstructed from them, and
+the flow's own 64^2 solver (E1's physics with its convection: the "resolved" model, within ~1e-3 of
+the truth over 20 time units when started from the true state) forecasts ``--horizon`` frames
+(0.1 time units each). Scored by ``rel_l2`` against the test frames at every horizon, averaged over
+starts; ``persist`` holds the reconstruction fixed (the trivial forecast). Initial states:
+
+- ``truth``: the exact state (the solver's own error: the bound);
+- ``sparse_recon`` (``--checkpoint``), ``gappy_pod`` (basis: the train split), ``cubic``.
+
+Writes ``results/forecast.{json,md,png}``; the issue compares this against a pure-latent forecaster
+(``vq_forecast``, not built yet).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from closure.evaluation import coarse_flow
+from latent.pod import fit_pod, gappy_reconstruct
+from reconstruction import SHIPPED, load_learned
+from solvers.diagnostics import rel_l2
+from solvers.io import atomic_write_text
+from solvers.observation import ObservationOperator, random_sensors
+from solvers.pairs import read_pairs
+from solvers.reconstruction import cubic_interpolate
+from solvers.rollout import rollout
+from solvers.setup import build_flow
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHOW = (0, 1, 5, 10, 20, 30)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/e1_small.h5", help="pair file (test trajectory: truth; train: POD)")
+    p.add_argument("--checkpoint", default=str(SHIPPED), help="sparse_recon checkpoint; 'none' skips it")
+    p.add_argument("--fraction", type=float, default=1.0, help="sensors, %% of grid points (default 1)")
+    p.add_argument("--noise", type=float, default=0.1, help="noise standard deviation / field RMS (default 0.1)")
+    p.add_argument("--starts", type=int, default=6, help="forecasts, from evenly spaced test frames")
+    p.add_argument("--horizon", type=int, default=30, help="frames forecast (0.1 time units each)")
+    p.add_argument("--modes", type=int, default=20, help="gappy POD modes (default: sensors // 2, at most 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=RESULTS / "forecast.json", help="results file")
+    return p
+
+
+def reconstructors(args, train, grid) -> dict:
+    """name -> ``f(y (1, sensors), operator) -> (1, x, y)``."""
+    pick = np.linspace(0, len(train.state) - 1, min(2000, len(train.state))).round().astype(int)
+    basis = fit_pod(train.state[pick].double(), args.modes)
+    methods = {"cubic": lambda y, op: cubic_interpolate(y, op.positions, grid),
+               "gappy_pod": lambda y, op: gappy_reconstruct(basis, y, op.matrix().double(), ridge=1e-3)}
+    if args.checkpoint != "none":
+        learned = load_learned(args.checkpoint, grid)
+        methods["sparse_recon"] = lambda y, op: learned(y, op)[0]
+    return methods
+
+
+def run(args) -> dict:
+    train, test = read_pairs(args.data, "train"), read_pairs(args.data, "test")
+    flow_cfg, dt = coarse_flow(test.attrs)
+    flow_cfg = replace(flow_cfg, convection=True)
+    flow = build_flow(replace(flow_cfg, init=replace(flow_cfg.init, kind="taylor_green", params={})), 1, "cpu",
+                      "float64")
+    grid, eq = flow.grid, flow.equation
+    interval = float(test.times[1] - test.times[0])
+    steps_per = max(1, round(interval / dt))
+    truth = test.state.double()
+    starts = np.linspace(0, len(truth) - args.horizon - 1, args.starts).round().astype(int)
+    count = max(3, round(args.fraction / 100 * grid.n ** 2))
+    rms = float(truth.pow(2).mean().sqrt())
+    g = torch.Generator().manual_seed(args.seed)
+    methods = reconstructors(args, train, grid)
+    initial = {name: [] for name in ["truth", *methods]}
+    recon_s = {name: 0.0 for name in initial}
+    for s in starts:
+        op = ObservationOperator(grid, random_sensors(count, grid.length, g))
+        y = op(truth[s][None]) + args.noise * rms * torch.randn(1, count, generator=g, dtype=torch.float64)
+        initial["truth"].append(truth[s][None])
+        for name, f in methods.items():
+            tick = time.perf_counter()
+            initial[name].append(f(y, op))
+            recon_s[name] += time.perf_counter() - tick
+    target = torch.stack([truth[starts + h] for h in range(args.horizon + 1)], 1)  # (start, horizon, x, y)
+    curves = {}
+    rollout(truth[:1], eq, dt, 2, stepper=flow_cfg.stepper)  # warm-up: FFT plans, first-call overheads
+    for name, w0 in initial.items():
+        w0 = torch.cat(w0)
+        tick = time.perf_counter()
+        result = rollout(w0, eq, dt, args.horizon * steps_per, stepper=flow_cfg.stepper, record_every=steps_per)
+        sim_s = time.perf_counter() - tick
+        frames = torch.stack([torch.as_tensor(f, dtype=torch.float64) for f in result.frames], 1)
+        curves[name] = {"rel_l2": [float(rel_l2(frames[:, h], target[:, h])) for h in range(args.horizon + 1)],
+                        "persist": [float(rel_l2(w0, target[:, h])) for h in range(args.horizon + 1)],
+                        "reconstruct_s": recon_s[name] / len(starts), "simulate_s": sim_s / len(starts)}
+        print(f"{name:12s} rel_l2 at h=0 {curves[name]['rel_l2'][0]:.3f}, h={args.horizon} "
+              f"{curves[name]['rel_l2'][-1]:.3f}", flush=True)
+    return {"data": str(args.data), "sensors": count, "fraction_pct": args.fraction, "noise": args.noise,
+            "starts": starts.tolist(), "frame_dt": interval, "solver_dt": dt, "checkpoint": args.checkpoint,
+            "curves": curves}
+
+
+def table(results: dict) -> str:
+    horizons = [h for h in SHOW if h < len(next(iter(results["curves"].values()))["rel_l2"])]
+    head = " | ".join(f"h={h}" for h in horizons)
+    lines = [f"{results['sensors']} sensors ({results['fraction_pct']:g} %), noise {results['noise']:g}, "
+             f"{len(results['starts'])} starts; a frame is {results['frame_dt']:g} time units\n",
+             f"| initial state | forecast | {head} | s / forecast (reconstruct + simulate) |",
+             "|---|---|" + "---|" * len(horizons) + "---|"]
+    for name, c in results["curves"].items():
+        cost = f"{c['reconstruct_s']:.3g} + {c['simulate_s']:.3g}"
+        for kind in ("rel_l2", "persist"):
+            if kind == "persist" and name == "truth":
+                continue
+            label = "solver" if kind == "rel_l2" else "persistence"
+            values = " | ".join(f"{c[kind][h]:.3f}" for h in horizons)
+            lines.append(f"| {name} | {label} | {values} | {cost if kind == 'rel_l2' else '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, c in results["curves"].items():
+        line, = ax.plot(c["rel_l2"], label=f"{name} + solver")
+        if name != "truth":
+            ax.plot(c["persist"], ls=":", color=line.get_color(), label=f"{name}, persistence")
+    ax.set(xlabel="horizon (frames)", ylabel="rel_l2", yscale="log",
+           title=f"reconstruct-then-simulate, {results['sensors']} sensors")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for path, how in ((args.data, "python train_closure.py generate --config configs/data_e1_small.yaml"),
+                      (args.checkpoint, "python train_closure.py train --closure sparse_recon --data DATA")):
+        if path != "none" and not Path(path).is_file():
+            print(f"error: {path} does not exist; make it with `{how}` (or --checkpoint none)")
+            return 2
+    results = run(args)
+    text = table(results)
+    print(text)
+    atomic_write_text(args.json, json.dumps(results, indent=1))
+    atomic_write_text(args.json.with_suffix(".md"), text)
+    figure(results, args.json.with_suffix(".png"))
+    print(f"wrote {args.json} and its .md / .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
