@@ -11,6 +11,8 @@ plug-in takes ``nudge`` in ``(0, 1]``: the state moves that fraction of the way 
 
 - ``enkf``: stochastic EnKF (perturbed observations), global or with covariance localisation.
 - ``letkf``: local ensemble transform KF, Gaspari-Cohn R-localisation with cut-off ``radius``.
+- ``ensf``: ensemble score filter in physical space (:mod:`latent.ensf`), the full-space baseline of
+  LD-EnSF: ``steps`` pseudo-time steps, ``eps_alpha``, ``eps_beta``, ``clip``, ``guidance``.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from solvers.observation import grid_positions
 from .base import FlowState, Plugin
 from .registry import register
 
-__all__ = ["Assimilation", "EnKF", "LETKF", "HISTORY_KEYS"]
+__all__ = ["Assimilation", "EnKF", "LETKF", "EnSF", "HISTORY_KEYS"]
 
 HISTORY_KEYS = ("time", "rmse_f", "rmse_a", "spread_f", "spread_a", "rel_rmse_f", "rel_rmse_a", "seconds")
 
@@ -165,3 +167,32 @@ class LETKF(Assimilation):
 
     def analysis(self, X, HX, obs, state):
         return letkf_analysis(X, HX, obs.y, obs.r, self.weights, self.inflation)
+
+
+@register("ensf")
+class EnSF(Assimilation):
+    """Ensemble score filter (Bao et al. 2024) on the full state: new members by a reverse-time SDE guided
+    by the ensemble's mixture score and the likelihood of the sensors (``guidance``: ``damped`` as the
+    paper, ``tweedie`` exact for Gaussian priors); ``steps`` Euler-Maruyama steps, ``clip`` on the
+    likelihood score, multiplicative ``inflation`` of the forecast."""
+
+    def __init__(self, grid, equation, observations=None, steps: int = 100, eps_alpha: float = 0.05,
+                 eps_beta: float = 0.0, clip: float | None = None, guidance: str = "damped",
+                 inflation: float = 1.0, nudge: float = 1.0) -> None:
+        super().__init__(grid, equation, observations, nudge)
+        from latent.ensf import GUIDANCE
+
+        _check_tuning(None, inflation)
+        if guidance not in GUIDANCE:
+            raise ValueError(f"unknown EnSF guidance {guidance!r}; choose one of {list(GUIDANCE)}")
+        self.options = dict(steps=int(steps), eps_alpha=float(eps_alpha), eps_beta=float(eps_beta),
+                            clip=clip, guidance=guidance)
+        self.inflation = float(inflation)
+        self.H = self.observations.operator.matrix().to(torch.float64)  # (sensors, x*y)
+
+    def analysis(self, X, HX, obs, state):
+        from latent.ensf import ensf_analysis
+
+        mean = X.mean(0)
+        X = mean + math.sqrt(self.inflation) * (X - mean)
+        return ensf_analysis(X, obs.y.to(X), self.H.to(X.device), obs.r.to(X), state.generator, **self.options)

@@ -35,8 +35,9 @@ from solvers.observation import sample_fields
 
 from .models import TrainableModel, register_model
 
-__all__ = ["fourier_features", "SparseRecon", "correlated_noise"]
+__all__ = ["fourier_features", "SparseRecon", "correlated_noise", "shift_fields", "grid_coordinates", "SHIFTS"]
 
+SHIFTS = ("none", "x", "y", "xy", "diagonal")
 Z90 = 1.6448536269514722  # the central 90 % band of a Gaussian is mean +- Z90 std
 
 
@@ -72,17 +73,23 @@ class SparseRecon(TrainableModel):
 
     ``latents`` x ``width: the learned latent array; ``heads``,
     ``blocks`` (self-attention layers), ``frequencies`` (Fourier features per axis); training draws:
-    ``min_sensors`` .. ``max_sensors`` sensors, noise up to ``noise`` x RMS, ``queries`` points per sample.
+    ``min_sensors`` .. ``max_sensors`` sensors, noise up to ``noise`` x RMS, ``queries`` points per sample,
+    and random periodic ``shifts`` of the training fields along the directions in which the flow's
+    statistics are invariant (data augmentation): ``x`` or ``y`` (Kolmogorov forcing along that axis),
+    ``xy`` (both; unforced or isotropic forcing), ``diagonal`` (``(s, -s)``: E1's forcing of ``x + y``).
     """
 
     def __init__(self, latents: int = 64, width: int = 64, heads: int = 4,
                  blocks: int = 2, frequencies: int = 16, min_sensors: int = 8, max_sensors: int = 160,
-                 noise: float = 0.1, queries: int = 1024) -> None:
+                 noise: float = 0.1, queries: int = 1024, shifts: str = "none") -> None:
         super().__init__()
         if not 1 <= min_sensors <= max_sensors:
             raise ValueError(f"need 1 <= min_sensors <= max_sensors, got {min_sensors}, {max_sensors}")
         self.length, self.frequencies = 1.0, int(frequencies)  # positions in box units
+        if shifts not in SHIFTS:
+            raise ValueError(f"unknown shifts {shifts!r}; choose one of {list(SHIFTS)}")
         self.min_sensors, self.max_sensors, self.noise, self.queries = min_sensors, max_sensors, noise, queries
+        self.shifts = shifts
         features = 4 * frequencies
         self.latent_array = nn.Parameter(0.02 * torch.randn(latents, width))
         self.embed_sensor = _mlp(1 + 2 * features, width)
@@ -156,6 +163,7 @@ class SparseRecon(TrainableModel):
     def loss(self, state: torch.Tensor, target: torch.Tensor | None = None):
         """MSE of the mean plus Gaussian NLL of the variance (mean detached) at random grid points;
         ``target`` (a closure term in the pair files) is not used."""
+        state = shift_fields(state, self.shifts)
         values, positions, pad = self.draw_sensors(state)
         n, batch = state.shape[-1], state.shape[0]
         index = torch.randint(n * n, (batch, min(self.queries, n * n)), device=state.device)
@@ -165,6 +173,18 @@ class SparseRecon(TrainableModel):
         mse = (mean - truth).pow(2).mean()
         nll = 0.5 * (var.log() + (truth - mean.detach()).pow(2) / var).mean()
         return mse + nll, {"mse": mse.detach(), "nll": nll.detach()}
+
+
+def shift_fields(w: torch.Tensor, shifts: str) -> torch.Tensor:
+    """Each field of ``w`` ``(batch, x, y)`` rolled by its own random whole number of grid steps along the
+    directions ``shifts`` allows (one of :data:`SHIFTS`)."""
+    if shifts == "none":
+        return w
+    n = w.shape[-1]
+    sx, sy = torch.randint(n, (2, w.shape[0])).tolist()
+    sx = sx if shifts != "y" else [0] * len(sx)
+    sy = {"x": [0] * len(sy), "diagonal": [-s for s in sx]}.get(shifts, sy)
+    return torch.stack([f.roll((a, b), (-2, -1)) for f, a, b in zip(w, sx, sy)])
 
 
 def grid_coordinates(n: int, length: float, like: torch.Tensor) -> torch.Tensor:

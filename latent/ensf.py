@@ -1,0 +1,103 @@
+"""Ensemble score filter (EnSF, Bao, Zhang & Zhang 2024): a training-free analysis step, as a pure function.
+
+The forecast ensemble ``x0`` ``(members, dim)`` defines the prior. Diffusing it,
+``x_t = alpha_t x_0 + beta_t eps`` with ``alpha_t = 1 - (1 - eps_alpha) t`` and
+``beta_t^2 = eps_beta + (1 - eps_beta) t`` on ``t in [0, 1]``, gives a Gaussian mixture whose score is
+known in closed form from the members (no network):
+
+    s(x, t) = sum_j w_j(x) (alpha_t x0_j - x) / beta_t^2,   w(x) = softmax_j(-|x - alpha_t x0_j|^2 / (2 beta_t^2))
+
+The analysis draws new members by integrating the reverse-time SDE from ``t = 1`` (standard normal
+draws) to ``t = 0`` with Euler-Maruyama in ``steps`` pseudo-time steps, following the posterior score
+``s(x, t) + h(t) grad log p(y | x)``. The likelihood term (linear ``H``, Gaussian ``R``:
+``H^T R^-1 (y - H x)``) is damped by ``h(t) = 1 - t`` (full weight at ``t = 0``, none at ``t = 1``,
+where the prior is pure noise) and clipped elementwise to ``[-clip, clip]`` for stability.
+
+EnSF is an approximation: the damped likelihood is not the exact diffused likelihood. On a 4-dimensional
+linear-Gaussian problem (400-1000 members) its analysis mean misses the Kalman mean by 0.3-0.5
+posterior standard deviations (30-40 % of the update). ``guidance = "tweedie"`` replaces the damped
+term by the Gaussian diffused likelihood around the ensemble's posterior mean ``E[x0 | x_t]`` (exact
+for a Gaussian prior, still training-free), which brings that gap down to the Monte-Carlo error
+(~0.06 sd at 400 members); ``tests/test_ensf.py`` checks both.
+
+Measured limitation (physical space, few members): on the 32^2 twin of ``tests/test_assimilation.py``
+(1024 dimensions, 16 members, 8x8 sensors) neither guidance improves on the free ensemble (final
+relative error 0.94-0.95 against 1.01; EnKF and LETKF reach < 0.4). The mixture weights are one-hot
+in high dimension, so as ``beta_t -> 0`` the prior score pins every particle to a forecast member and
+outweighs the damped likelihood; this is why LD-EnSF filters in a small latent space.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from solvers.random import normal_like
+
+__all__ = ["ensf_analysis", "schedule", "prior_score", "tweedie_likelihood_score", "GUIDANCE"]
+
+GUIDANCE = ("damped", "tweedie")
+
+
+def schedule(t: float, eps_alpha: float, eps_beta: float) -> tuple[float, float, float, float]:
+    """``alpha_t``, ``beta_t^2``, drift ``f = d ln alpha / dt`` and diffusion ``g^2 = d beta^2/dt - 2 f beta^2``."""
+    alpha = 1 - (1 - eps_alpha) * t
+    beta2 = eps_beta + (1 - eps_beta) * t
+    f = -(1 - eps_alpha) / alpha
+    return alpha, beta2, f, (1 - eps_beta) - 2 * f * beta2
+
+
+def posterior_weights(x: torch.Tensor, x0: torch.Tensor, alpha: float, beta2: float) -> torch.Tensor:
+    """``p(x0_j | x_t = x)`` ``(particles, members)``: softmax of ``-|x - alpha x0_j|^2 / (2 beta^2)``."""
+    return torch.softmax(-torch.cdist(x, alpha * x0).pow(2) / (2 * beta2), dim=1)
+
+
+def prior_score(x: torch.Tensor, x0: torch.Tensor, alpha: float, beta2: float) -> torch.Tensor:
+    """Score ``(particles, dim)`` at ``x`` of the diffused ensemble ``x0`` ``(members, dim)`` (a Gaussian mixture)."""
+    return (alpha * posterior_weights(x, x0, alpha, beta2) @ x0 - x) / beta2
+
+
+def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r) -> torch.Tensor:
+    """``grad_x log N(y; H m, H C H^T + R)`` with ``m = E[x0 | x]``, ``C = Cov[x0 | x]`` under the ensemble
+    mixture and ``dm/dx = alpha C / beta^2`` (``C`` held fixed): the exact diffused likelihood when the prior
+    is Gaussian, a training-free alternative to the damped ``h(t) grad log p(y | x)``."""
+    w = posterior_weights(x, x0, alpha, beta2)  # (particles, members)
+    m = w @ x0
+    A = (x0 @ H.T)[None] - (m @ H.T)[:, None]  # H (x0_j - m): (particles, members, obs)
+    S = torch.einsum("pj,pjo,pjq->poq", w, A, A) + torch.diag(r)  # H C H^T + R
+    v = torch.linalg.solve(S, (y - m @ H.T)[..., None])[..., 0]  # (particles, obs)
+    D = x0[None] - m[:, None]  # (particles, members, dim)
+    return alpha / beta2 * torch.einsum("pj,pjd,pjo,po->pd", w, D, A, v)  # J^T H^T v, J = alpha C / beta^2
+
+
+def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.Tensor, generator=None,
+                  steps: int = 100, eps_alpha: float = 0.05, eps_beta: float = 0.0, clip: float | None = None,
+                  particles: int | None = None, guidance: str = "damped") -> torch.Tensor:
+    """EnSF analysis ``(particles, dim)`` (default: as many as members) of the forecast ``x0`` ``(members, dim)``
+    for observations ``y`` ``(obs,)`` of ``H`` ``(obs, dim)`` with noise variances ``r`` ``(obs,)``.
+
+    ``guidance``: ``damped`` (the paper's ``h(t) grad log p(y | x_t)``, ``h = 1 - t``) or ``tweedie``
+    (:func:`tweedie_likelihood_score`); ``generator``: a ``torch.Generator`` or a per-member
+    :class:`~solvers.random.MemberRNG` (then ``particles`` must equal the members)."""
+    if guidance not in GUIDANCE:
+        raise ValueError(f"unknown EnSF guidance {guidance!r}; choose one of {list(GUIDANCE)}")
+    if steps < 1 or not 0 < eps_alpha < 1 or not 0 <= eps_beta < 1:
+        raise ValueError(f"need steps >= 1, 0 < eps_alpha < 1, 0 <= eps_beta < 1; got {steps}, {eps_alpha}, {eps_beta}")
+    m, dim = x0.shape
+    particles = particles or m
+    like_x0 = torch.empty(particles, dim, dtype=x0.dtype, device=x0.device)
+    x = normal_like(like_x0, generator)
+    dt = 1.0 / steps
+    for i in range(steps):
+        t = 1.0 - i * dt
+        alpha, beta2, f, g2 = schedule(t, eps_alpha, eps_beta)
+        if guidance == "damped":
+            like = (1 - t) * ((y - x @ H.T) / r) @ H
+        else:
+            like = tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r)
+        if clip is not None:
+            like = like.clamp(-clip, clip)
+        score = prior_score(x, x0, alpha, beta2) + like
+        noise = normal_like(like_x0, generator)
+        x = x - (f * x - g2 * score) * dt + math.sqrt(g2 * dt) * noise
+    return x
