@@ -12,7 +12,7 @@ from closure import make_plugin
 from closure.assimilation import Assimilation
 from latent.checkpoint import load_checkpoint
 from latent.models import build_model
-from latent.sparse_recon import correlated_noise, fourier_features, grid_coordinates
+from latent.sparse_recon import correlated_noise, fourier_features, grid_coordinates, shift_fields
 from solvers import Grid, NavierStokes2D
 from solvers.initial_conditions import band_limited
 from solvers.observation import ObservationOperator, random_sensors, sample_fields
@@ -109,6 +109,20 @@ def test_correlated_noise_has_unit_variance_and_the_requested_correlation():
     assert corr == pytest.approx(math.exp(-lag**2 / (2 * 0.1**2)), abs=0.05)
 
 
+def test_shift_augmentation_respects_the_flow_symmetry():
+    i = torch.arange(16, dtype=torch.float64)
+    diagonal = torch.sin(2 * math.pi * (i[:, None] + i[None, :]) / 16).expand(8, -1, -1)  # E1 forcing: f(x + y)
+    kolmogorov = torch.cos(4 * 2 * math.pi * i / 16)[None, :].expand(16, -1).expand(8, -1, -1)  # f(y)
+    assert torch.allclose(shift_fields(diagonal, "diagonal"), diagonal)
+    assert torch.allclose(shift_fields(kolmogorov, "x"), kolmogorov)
+    w = torch.randn(8, 16, 16, dtype=torch.float64)
+    moved = shift_fields(w, "xy")
+    assert torch.equal(moved.flatten(1).sort(1).values, w.flatten(1).sort(1).values) and not torch.equal(moved, w)
+    assert shift_fields(w, "none") is w
+    with pytest.raises(ValueError, match="unknown shifts"):
+        build_model("sparse_recon", shifts="rotate")
+
+
 def _family_pairs(path, n=32, traj=40, times=25):
     """Fields in a 4-dimensional family (random combinations of 4 fixed |k| <= 3 fields): learnable quickly."""
     grid = Grid(n, 2 * math.pi, dtype=torch.float64)
@@ -178,3 +192,30 @@ def test_plugin_replaces_samples_and_checks_its_inputs(trained, tmp_path):
     with pytest.raises(ValueError, match="grid"):
         make_plugin("sparse_recon", Grid(16, 2 * math.pi, dtype=torch.float64), eq, observations=obs,
                     checkpoint=str(path))
+
+
+def test_shipped_model_matches_its_manifest_and_beats_cubic_on_a_held_out_state():
+    """The shipped E1 model on the shipped held-out truth (test trajectory, t = 30), 41 sensors (1 %)."""
+    import hashlib
+    import json
+
+    from closure.learned import SHIPPED
+
+    manifest = json.loads((SHIPPED / "sparse_recon_e1_small.json").read_text())
+    path = SHIPPED / manifest["file"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == manifest["file_sha256"]
+    ckpt = load_checkpoint(path)
+    assert ckpt.closure == "sparse_recon" and path.stat().st_size < 2e6
+    model, norm = ckpt.build_model("cpu", torch.float32).eval(), ckpt.normalization
+    w = torch.from_numpy(np.load(SHIPPED / "e1_small_t30.npy")).double()
+    grid = Grid(64, 1.0, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    ours, cubic = [], []
+    for _ in range(4):
+        positions = random_sensors(41, 1.0, g)
+        y = ObservationOperator(grid, positions)(w[None])
+        with torch.no_grad():
+            mean = model.reconstruct(norm.state(y).float(), positions.float(), 64)[0].double()
+        ours.append(float((mean[0] * norm.state_std + norm.state_mean - w).norm() / w.norm()))
+        cubic.append(float((cubic_interpolate(y, positions, grid)[0] - w).norm() / w.norm()))
+    assert np.mean(ours) < np.mean(cubic) and np.mean(ours) < 0.3
