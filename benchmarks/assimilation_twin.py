@@ -16,7 +16,6 @@ fraction of the truth's vorticity RMS.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 import simulate
 from closure.evaluation import parse_options
-from solvers.io import atomic_write_text
+from solvers.io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "kolmogorov_les64.yaml"
@@ -136,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     text = table(results)
     print(text)
-    atomic_write_text(args.json, json.dumps(results, indent=1))
-    atomic_write_text(args.json.with_suffix(".md"), text)
+    write_results(args.json, results, text)
     figure(results, args.json.with_suffix(".png"))
     print(f"wrote {args.json}, {args.json.with_suffix('.md').name}, {args.json.with_suffix('.png').name}")
     return 0

@@ -24,7 +24,6 @@ The issue's goal for ``sparse_recon`` is ``rel_l2 <= 0.10`` at 1 % sensors. Writ
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from latent.pod import fit_pod, gappy_reconstruct, qr_sensors
 from latent.sparse_recon import Z90
 from solvers.grid import Grid
-from solvers.io import atomic_write_text
+from solvers.io import write_results
 from solvers.observation import ObservationOperator, grid_positions, random_sensors
 from solvers.pairs import read_pairs
 from solvers.reconstruction import cubic_interpolate, fourier_fit
@@ -171,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     text = table(results)
     print(text)
-    atomic_write_text(args.json, json.dumps(results, indent=1))
-    atomic_write_text(args.json.with_suffix(".md"), text)
+    write_results(args.json, results, text)
     print(f"wrote {args.json} and {args.json.with_suffix('.md').name}")
     return 0
 

@@ -26,6 +26,7 @@ so far in ``<out>.partial`` with status ``interrupted`` and never a partial file
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -166,6 +167,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_results(path: str | Path, results: dict, table: str) -> tuple[Path, Path]:
+    """A benchmark's results: ``path`` (JSON) and the markdown ``table`` beside it (``.md``), both atomically."""
+    path = Path(path)
+    return (atomic_write_text(path, json.dumps(results, indent=1)),
+            atomic_write_text(path.with_suffix(".md"), table))
 
 
 def _open(path: str | Path) -> h5py.File:

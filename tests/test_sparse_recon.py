@@ -19,16 +19,9 @@ from solvers.observation import ObservationOperator, random_sensors, sample_fiel
 from solvers.pairs import read_pairs, write_pairs
 from solvers.reconstruction import cubic_interpolate
 from solvers.rollout import FlowState
+from test_training import one_thread  # noqa: F401  (autouse fixture)
 
 TINY = dict(latents=8, width=16, heads=2, blocks=1, frequencies=4)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(seed=0, **kwargs):
