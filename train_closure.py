@@ -1,6 +1,7 @@
 """Train closures from solver output: ``generate`` data, ``train`` a plug-in, ``evaluate`` plug-ins.
 
     python train_closure.py generate --config configs/data_e1_small.yaml
+    python train_closure.py generate-parametric --config configs/data_e3_small.yaml
     python train_closure.py train --closure fno --data data/e1_small.h5
     python train_closure.py evaluate --data data/e1_small.h5 --closure none fno --checkpoint fno=runs/fno/best.pt
     python train_closure.py export --checkpoint runs/fno/best.pt --out models/fno.pt
@@ -18,6 +19,8 @@ def _subcommands():
     """``name -> (module, help)``; modules expose ``add_arguments(parser)`` and ``run(args) -> int``."""
     return {
         "generate": ("solvers.datagen", "run DNS and write (coarse state, exact closure) pairs to HDF5"),
+        "generate-parametric": ("solvers.parametric", "simulate whole trajectories, each at its own Reynolds number "
+                                "(E3 data for trajectory models such as ld_ensf)"),
         "train": ("latent.training", "train a learned closure plug-in on a pair dataset"),
         "evaluate": ("closure.evaluation", "a-priori and a-posteriori evaluation of plug-ins"),
         "export": ("latent.export", "weights-only copy of a trained checkpoint plus a manifest, for shipping"),
@@ -29,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="train_closure.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train,evaluate,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,generate-parametric,train,evaluate,export}")
     for name, (module, text) in _subcommands().items():
         sp = sub.add_parser(name, help=text, description=text)
         sp.set_defaults(_module=module)

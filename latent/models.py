@@ -35,6 +35,12 @@ class TrainableModel(nn.Module):
     name: str = ""
     spec: dict
     ddp_find_unused: bool = False  # True when some parameters get no gradient in some steps (DDP must know)
+    samples: str = "pairs"  # "pairs": (state, target) fields; "trajectories": whole trajectories and parameters
+
+    @classmethod
+    def check_data(cls, attrs: dict, times, kwargs: dict) -> None:
+        """Trajectory models: ``ValueError`` when the dataset (root ``attrs``, record ``times``) does not fit
+        a model built with ``kwargs``."""
 
     def loss(self, state: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar training loss (mean over the batch) and its named terms (detached scalars)."""
@@ -129,3 +135,4 @@ class FNOClosureModel(TrainableModel):
 
 from . import cdm as _cdm  # noqa: E402,F401  registers p_cdm, latent_cdm, latent_cdm_two_phase
 from . import sparse_recon as _sparse_recon  # noqa: E402,F401  registers sparse_recon
+from . import ld_model as _ld_model  # noqa: E402,F401  registers ld_ensf

@@ -33,7 +33,7 @@ from solvers import pairs, parallel
 from solvers.config import build_dataclass, parse_overrides, read_yaml_mapping, set_dotted  # the project's YAML -> dataclass helpers
 
 from .checkpoint import flow_fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .models import Normalization, build_model
+from .models import Normalization, build_model, model_class
 
 __all__ = ["TrainConfig", "load_train_config", "add_arguments", "run", "fit", "prepare"]
 
@@ -224,7 +224,13 @@ class _LossModule(nn.Module):
 
 
 def _load_data(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> tuple[dict, dict]:
+    """Normalised ``(state, target)`` per split: pairs ``(sample, x, y)`` twice, or, for models whose
+    ``samples`` is ``"trajectories"``, whole trajectories ``(traj, time, x, y)`` and their raw parameters
+    ``(traj, params)`` (float64, e.g. Re), after the model's ``check_data(attrs)``."""
     _check(cfg.data is not None, "no dataset: pass --data FILE (a closure-pair HDF5 file)")
+    model_cls = model_class(cfg.model.name)
+    if getattr(model_cls, "samples", "pairs") == "trajectories":
+        return _load_trajectories(cfg, model_cls, device, dtype)
     splits = {name: pairs.read_pairs(cfg.data, name) for name in ("train", "val")}
     attrs = splits["train"].attrs
     _check("grid_n" in attrs and "grid_length" in attrs,
@@ -237,6 +243,19 @@ def _load_data(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> tu
             for name, d in splits.items()}
     meta = {"grid": {"n": n, "length": float(attrs["grid_length"])}, "flow": flow_fingerprint(attrs),
             "normalization": norm}
+    return data, meta
+
+
+def _load_trajectories(cfg: TrainConfig, model_cls, device, dtype) -> tuple[dict, dict]:
+    splits = {name: pairs.read_trajectories(cfg.data, name) for name in ("train", "val")}
+    attrs = splits["train"].attrs
+    _check("grid_n" in attrs and "grid_length" in attrs,
+           f"{cfg.data} lacks the grid_n / grid_length attributes; regenerate it")
+    model_cls.check_data(attrs, splits["train"].times, cfg.model.kwargs)
+    norm = Normalization.from_stats(splits["train"].stats)
+    data = {name: (norm.state(d.state).to(device, dtype), d.params.to(device)) for name, d in splits.items()}
+    meta = {"grid": {"n": int(attrs["grid_n"]), "length": float(attrs["grid_length"])},
+            "flow": flow_fingerprint(attrs), "normalization": norm}
     return data, meta
 
 
@@ -390,7 +409,8 @@ def _save(job: Job, name: str) -> None:
 def _write_log(path: Path, history: list[dict]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        names = list(dict.fromkeys(k for row in history for k in row))  # phases may log different terms
+        writer = csv.DictWriter(f, fieldnames=names, restval="")
         writer.writeheader()
         writer.writerows(history)
     tmp.replace(path)

@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 import torch
 
-__all__ = ["LAYOUT", "LAYOUT_VERSION", "SPLITS", "PairData", "read_pairs", "read_attrs", "split_stats",
+__all__ = ["LAYOUT", "LAYOUT_VERSION", "SPLITS", "PairData", "TrajectoryData", "read_pairs", "read_trajectories", "read_attrs", "split_stats",
            "write_pairs"]
 
 LAYOUT, LAYOUT_VERSION = "closure-pairs", 1
@@ -103,6 +103,30 @@ def read_pairs(path: str | Path, split: str, device: str | torch.device = "cpu")
         stats=stats,
         attrs=attrs,
     )
+
+
+@dataclass
+class TrajectoryData:
+    """One split of a parametric file (:mod:`solvers.parametric`) as whole trajectories."""
+
+    state: torch.Tensor  # (traj, time, x, y) float32
+    params: torch.Tensor  # (traj, params) float64, e.g. Re; (traj, 0) when the file has none
+    times: np.ndarray  # (time,) record times
+    trajectories: np.ndarray  # (traj,) trajectory indices in the file
+    stats: dict[str, float]
+    attrs: dict
+
+
+def read_trajectories(path: str | Path, split: str, device: str | torch.device = "cpu") -> TrajectoryData:
+    """Load one split of a complete pair file keeping the trajectories whole, with their ``/params``."""
+    data = read_pairs(path, split, device)
+    trajs = np.unique(data.trajectories)
+    n_time = len(data.state) // len(trajs)
+    with _open(path) as f:
+        params = f["params"][...][trajs] if "params" in f else np.zeros((len(trajs), 0))
+    return TrajectoryData(state=data.state.reshape(len(trajs), n_time, *data.state.shape[1:]),
+                          params=torch.from_numpy(np.asarray(params, np.float64)).to(device),
+                          times=data.times[:n_time], trajectories=trajs, stats=data.stats, attrs=data.attrs)
 
 
 def split_stats(state: np.ndarray, target: np.ndarray) -> dict[str, float]:

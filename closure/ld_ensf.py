@@ -1,0 +1,124 @@
+"""The ``ld_ensf`` plug-in: LD-EnSF (seed 003) assimilating sparse noisy sensors into a running ensemble.
+
+Hybrid mode (the solver forecasts): at every observation time the solver's members are encoded by the
+trained ``ld_ensf`` model (:mod:`latent.ld_model`), their Reynolds numbers joined to the codes, the
+LSTM reads the new sensor values, and the latent EnSF analysis (:class:`latent.ld_ensf.LatentFilter`)
+updates codes and Reynolds numbers together. The analysis goes back into the solver
+
+- ``inject = "increment"`` (default): ``w <- w + nudge (decode(z_a) - decode(z_f))``, the analysis
+  increment only, so the scales the decoder cannot represent are kept from the solver;
+- ``inject = "replace"``: ``w <- w + nudge (decode(z_a) - w)``;
+
+and, with ``estimate_reynolds`` (default), each member continues at its analysed viscosity
+``1 / Re``. The first call draws the members' Re from the model's prior range. The pure-latent mode
+(no solver) is :func:`latent.ld_ensf.run_latent` (``benchmarks/ld_ensf_twin.py``).
+The log is the assimilation plug-ins' plus ``reynolds`` (ensemble mean) and ``reynolds_spread``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from .assimilation import Assimilation
+from .registry import register
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LDEnSF"]
+
+
+@register("ld_ensf")
+class LDEnSF(Assimilation):
+    """LD-EnSF in hybrid mode (module docstring). EnSF options as :class:`latent.ld_ensf.LatentFilter`."""
+
+    requires_checkpoint: ClassVar[bool] = True  # trainable with train_closure.py train --closure ld_ensf
+    INJECT = ("increment", "replace")
+
+    def __init__(self, grid, equation, observations=None, nudge: float = 1.0, checkpoint: str | None = None,
+                 device=None, inject: str = "increment", estimate_reynolds: bool = True, steps: int = 100,
+                 eps_alpha: float = 0.01, eps_beta: float = 0.0, clip: float | None = None,
+                 guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02) -> None:
+        super().__init__(grid, equation, observations, nudge)
+        from latent.checkpoint import load_checkpoint
+
+        if checkpoint is None:
+            raise ValueError("ld_ensf needs a trained model: --checkpoint FILE (closure.options.checkpoint); train one "
+                             "with `python train_closure.py train --closure ld_ensf --data data/e3_small.h5 "
+                             "--config configs/train_ld_ensf.yaml`")
+        if inject not in self.INJECT:
+            raise ValueError(f"unknown inject mode {inject!r}; choose one of {list(self.INJECT)}")
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.closure != self.name:
+            raise ValueError(f"checkpoint {checkpoint} was trained for {ckpt.closure!r}, not {self.name!r}")
+        ckpt.check_grid(grid.n, grid.length)
+        self.device = torch.device(device) if device is not None else grid.device
+        self.model = ckpt.build_model(self.device, torch.float32).eval()
+        self._check_sensors()
+        self.norm, self.checkpoint = ckpt.normalization, str(checkpoint)
+        self.inject, self.estimate_reynolds = inject, bool(estimate_reynolds)
+        self.filter_options = dict(steps=int(steps), eps_alpha=float(eps_alpha), eps_beta=float(eps_beta), clip=clip,
+                                   guidance=guidance, inflation=float(inflation), param_jitter=float(param_jitter))
+        self.filter = None
+        self.last_t: float | None = None
+        self.history.update(reynolds=[], reynolds_spread=[])
+
+    def _check_sensors(self) -> None:
+        """The LSTM was trained on one sensor layout: the run must observe the same points."""
+        given = self.observations.operator.positions.to(torch.float64).cpu()
+        want = self.model.positions.to(torch.float64).cpu()
+        if given.shape != want.shape or not torch.allclose(given, want, atol=1e-4 * self.grid.length):
+            raise ValueError(f"ld_ensf's observation encoder was trained on the sensor layout {self.model.sensors!r} "
+                             f"({len(want)} points); this run observes {len(given)} other points: use --sensors "
+                             f"{self.model.sensors} or train a model for this layout (model.kwargs.sensors)")
+
+    def analysis(self, X, HX, obs, state):
+        from latent.ld_ensf import LatentFilter
+
+        members, n = X.shape[0], self.grid.n
+        model, norm = self.model, self.norm
+        w = norm.state(X.reshape(members, n, n).to(self.device, torch.float32))
+        if self.filter is None:
+            generator = torch.Generator().manual_seed(int(self.observations.seed) * 7919 + members)
+            self.filter = LatentFilter(model, members, generator, **self.filter_options)
+            self.filter.initialize(w)
+        else:
+            interval = obs.t - self.last_t
+            if abs(interval - model.frame_dt) > 1e-6 * model.frame_dt:
+                log.warning("ld_ensf: observations %.4g apart, the observation encoder was trained on %.4g",
+                            interval, model.frame_dt)
+            self.filter.set_latent(w)
+            p = self.filter.x[:, -1:]
+            self.filter.x[:, -1:] = p + self.filter.param_jitter * self.filter._randn(members, 1)
+        self.last_t = obs.t
+        forecast = self.filter.fields(n)
+        self.filter.analysis(*self.filter.observe(norm.state(obs.y.to(self.device, torch.float32))))
+        analysed = self.filter.fields(n)
+        base = forecast if self.inject == "increment" else w
+        new = w + (analysed - base)  # the base class moves the state the fraction nudge of the way
+        reynolds = self.filter.reynolds()
+        self.history["reynolds"].append(float(reynolds.mean()))
+        self.history["reynolds_spread"].append(float(reynolds.std()))
+        if self.estimate_reynolds:
+            lo, hi = model.reynolds
+            self.equation.set_viscosity(1.0 / reynolds.clamp(lo / 2, 2 * hi).to(torch.float64))
+        return (new * norm.state_std + norm.state_mean).reshape(members, -1).to(X)
+
+    @classmethod
+    def example_checkpoint(cls, path: str | Path, grid, equation, seed: int = 0) -> Path:
+        """An untrained tiny model for ``grid`` observing a 4 x 4 lattice (contract tests, smoke runs)."""
+        from latent.checkpoint import save_checkpoint
+        from latent.models import Normalization, build_model
+
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = build_model(cls.name, latent=4, width=4, modes=min(4, grid.n // 2 - 1), hidden=16, ode_hidden=16,
+                                lstm_hidden=8, n=grid.n, length=grid.length, sensors="regular:4x4")
+        return save_checkpoint(path, model=model, closure=cls.name, grid={"n": grid.n, "length": grid.length},
+                               flow={"name": "example", "nu": equation.nu, "drag": equation.drag},
+                               normalization=Normalization(0.0, 1.0, 0.0, 1.0), config="# untrained example\n")
+
+    def describe(self) -> str:
+        return f"{super().describe()}, checkpoint {self.checkpoint}, inject {self.inject}"

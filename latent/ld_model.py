@@ -1,0 +1,274 @@
+"""The ``ld_ensf`` model (seed 003, LD-EnSF): latent dynamics plus an observation encoder.
+
+Four parts, trained in two phases through the shared pipeline (:mod:`latent.training`) on whole
+trajectories with their Reynolds numbers (:mod:`solvers.parametric`)::
+
+    z      = encode(w)                    (batch, x, y)  -> (batch, latent)     periodic CNN
+    w(q)   = decode(z)(q)                 (batch, latent) -> field at any q      band-limited (spectral)
+    z(t+T) = rk4(f, z(t), p, T)           dz/dt = f(z, p), p = normalised Re    (latent.latent_ode)
+    (u, p), var = observe(y_1..y_k)       sensors -> standardised (latent, Re)  LSTM over the history
+
+The decoder's output is a band-limited field: an MLP of ``z`` gives the Fourier coefficients of the
+wavenumbers ``|k_x|, |k_y| <= modes``, so the field is exact and smooth at any coordinate
+(:meth:`LatentDynamicsModel.query`, the Fourier series) and costs one inverse FFT on the grid.
+
+Phase 1 (``epochs < dynamics_epochs``): autoencoder + latent ODE on random windows of ``window``
+frames: reconstruction MSE of every frame, MSE of the decoded latent rollout from the first frame's
+code against the later frames, and ``consistency`` x the latent rollout error. Phase 2: encoder,
+decoder and ODE frozen; the LSTM reads the noisy sensor values (fixed layout ``sensors``, noise
+``obs_noise`` x U(0.5, 1.5) in normalised units) of whole trajectories from their first frame and
+predicts, at every frame, the *standardised* latent ``u = (z - z_mean) / z_std`` of the frame and
+the normalised parameter, with a variance (Gaussian NLL, mean detached): these are LD-EnSF's
+latent observations and their noise. ``z_mean`` / ``z_std`` track the training frames' codes during
+phase 2 (first batch, then a moving average).
+
+Training fields are rolled along ``x`` by a random whole number of steps per trajectory
+(``shifts = "x"``, a symmetry of the Kolmogorov flow). Parameters are normalised affinely, ``p = 2 (Re - lo) / (hi - lo) - 1`` over ``reynolds``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from solvers.observation import parse_sensors, sample_fields
+
+from .latent_ode import LatentVectorField, rk4
+from .models import TrainableModel, register_model
+
+__all__ = ["LatentDynamicsModel", "SpectralDecoder", "PeriodicEncoder"]
+
+
+class PeriodicEncoder(nn.Module):
+    """``(batch, x, y) -> (batch, latent)``: stride-2 circular convolutions down to 4 x 4, then linear."""
+
+    def __init__(self, latent: int, width: int = 16, n: int = 64) -> None:
+        super().__init__()
+        layers, channels = [], 1
+        for i in range(max(1, int(math.log2(n // 4)))):
+            out = width * min(2 ** i, 4)
+            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, padding_mode="circular"), nn.GELU()]
+            channels = out
+        self.convs = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))
+        self.head = nn.Linear(channels * 16, latent)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(w[:, None]).flatten(1))
+
+
+class SpectralDecoder(nn.Module):
+    """``(batch, latent) -> (batch, n, n)``: an MLP gives the Fourier coefficients (real, imaginary) of
+    ``|k_x|, |k_y| <= modes``, placed in an rfft array and inverted (``norm="forward"``: the
+    coefficients are the amplitudes)."""
+
+    def __init__(self, latent: int, modes: int = 16, hidden: int = 256) -> None:
+        super().__init__()
+        self.modes = modes
+        self.shape = (2 * modes + 1, modes + 1)
+        self.net = nn.Sequential(nn.Linear(latent, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, 2 * self.shape[0] * self.shape[1]))
+
+    def spectrum(self, z: torch.Tensor, n: int) -> torch.Tensor:
+        """The rfft2 (``norm="forward"``) array ``(batch, n, n // 2 + 1)`` of the decoded field."""
+        if n < 2 * self.modes + 2:
+            raise ValueError(f"a {n}^2 grid cannot hold the decoder's {self.modes} modes; use n >= {2 * self.modes + 2}")
+        c = self.net(z).reshape(-1, 2, *self.shape)
+        c = torch.complex(c[:, 0], c[:, 1])
+        out = torch.zeros(z.shape[0], n, n // 2 + 1, dtype=c.dtype, device=z.device)
+        m = self.modes
+        out[:, :m + 1, :m + 1] = c[:, m:]  # k_x = 0..m
+        out[:, n - m:, :m + 1] = c[:, :m]  # k_x = -m..-1
+        return out
+
+    def forward(self, z: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.fft.irfft2(self.spectrum(z, n), s=(n, n), norm="forward")
+
+
+class ObservationEncoder(nn.Module):
+    """LSTM over the sensor history: ``(batch, time, sensors) -> mean, var (batch, time, latent + params)``."""
+
+    def __init__(self, sensors: int, outputs: int, hidden: int = 128, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(sensors, hidden), nn.GELU())
+        self.lstm = nn.LSTM(hidden, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, 2 * outputs)
+
+    def forward(self, y: torch.Tensor, state=None):
+        h, state = self.lstm(self.embed(y), state)
+        mean, raw = self.head(h).chunk(2, dim=-1)
+        return mean, F.softplus(raw) + 1e-4, state
+
+
+@register_model("ld_ensf")
+class LatentDynamicsModel(TrainableModel):
+    """See the module docstring. ``length``: box side (positions of ``sensors``); ``frame_dt``: time
+    between the data's frames; ``reynolds``: ``[lo, hi]`` of the parameter's normalisation."""
+
+    samples = "trajectories"
+    ddp_find_unused = True  # phase 2 leaves the frozen parts without gradients
+
+    def __init__(self, latent: int = 32, width: int = 16, modes: int = 16, hidden: int = 256,
+                 ode_hidden: int = 128, ode_substeps: int = 4, lstm_hidden: int = 128, n: int = 64,
+                 length: float = 2 * math.pi, frame_dt: float = 0.2, reynolds: tuple = (50.0, 150.0),
+                 sensors: str = "regular:10x10", obs_noise: float = 0.1, window: int = 5,
+                 consistency: float = 0.1, dynamics_epochs: int = 60, shifts: str = "x") -> None:
+        super().__init__()
+        if not (latent >= 1 and window >= 2 and frame_dt > 0 and reynolds[0] < reynolds[1]):
+            raise ValueError(f"need latent >= 1, window >= 2, frame_dt > 0, reynolds lo < hi; got {latent}, "
+                             f"{window}, {frame_dt}, {reynolds}")
+        self.latent, self.n, self.length, self.frame_dt = latent, n, float(length), float(frame_dt)
+        self.ode_substeps, self.window, self.consistency = ode_substeps, window, consistency
+        self.reynolds, self.obs_noise, self.dynamics_epochs = tuple(map(float, reynolds)), obs_noise, dynamics_epochs
+        if shifts not in ("none", "x"):
+            raise ValueError(f"unknown shifts {shifts!r}; choose 'x' (Kolmogorov forcing in y) or 'none'")
+        self.sensors, self.shifts = sensors, shifts
+        from solvers.grid import Grid
+
+        self.register_buffer("positions", parse_sensors(sensors, Grid(n, length, dtype=torch.float64)).float())
+        self.encoder = PeriodicEncoder(latent, width, n)
+        self.decoder = SpectralDecoder(latent, modes, hidden)
+        self.field = LatentVectorField(latent, 1, ode_hidden)
+        self.observer = ObservationEncoder(len(self.positions), latent + 1, lstm_hidden)
+        self.register_buffer("z_mean", torch.zeros(latent))
+        self.register_buffer("z_std", torch.ones(latent))
+        self.register_buffer("z_fitted", torch.zeros((), dtype=torch.uint8))
+        self.phase = 1
+
+    # ---- the parts --------------------------------------------------------------------------------
+
+    @classmethod
+    def check_data(cls, attrs: dict, times, kwargs: dict) -> None:
+        """The data must be a parametric file (one Re per trajectory) whose frame spacing and grid match
+        the model's kwargs."""
+        import inspect
+
+        if [str(name) for name in attrs.get("param_names", [])] != ["reynolds"]:
+            raise ValueError("ld_ensf trains on parametric trajectories with a Reynolds number each: make them with "
+                             "`python train_closure.py generate-parametric --config configs/data_e3_small.yaml`")
+        defaults = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items()}
+        given = {key: float(kwargs.get(key, defaults[key])) for key in ("frame_dt", "n", "length")}
+        found = {"frame_dt": float(times[1] - times[0]), "n": float(attrs["grid_n"]),
+                 "length": float(attrs["grid_length"])}
+        for key, value in found.items():
+            if not math.isclose(given[key], value, rel_tol=1e-6):
+                raise ValueError(f"the data has {key} = {value:g} but model.kwargs.{key} is {given[key]:g}; set "
+                                 f"--set model.kwargs.{key}={value:g}")
+
+    def normalize_params(self, reynolds: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.reynolds
+        return 2 * (reynolds - lo) / (hi - lo) - 1
+
+    def reynolds_from(self, p: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.reynolds
+        return lo + (p + 1) * (hi - lo) / 2
+
+    def encode(self, w: torch.Tensor) -> torch.Tensor:
+        """Latent codes ``(batch, latent)`` of normalised fields ``(batch, x, y)``."""
+        return self.encoder(w)
+
+    def decode(self, z: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """Normalised fields ``(batch, n, n)`` (default: the training grid)."""
+        return self.decoder(z, n or self.n)
+
+    def query(self, z: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """The decoded fields ``(batch, queries)`` at any coordinates ``(queries, 2)`` or ``(batch, queries, 2)``:
+        the Fourier series of the band-limited output, exact off the grid."""
+        return sample_fields(self.decode(z), coords, self.length)
+
+    def advance(self, z: torch.Tensor, p: torch.Tensor, dt: float | None = None) -> torch.Tensor:
+        """``z`` ``(batch, latent)`` after ``dt`` (default one frame) at normalised parameters ``p`` ``(batch, 1)``."""
+        dt = self.frame_dt if dt is None else dt
+        substeps = max(1, round(self.ode_substeps * dt / self.frame_dt))
+        return rk4(self.field, z, p, dt, substeps)
+
+    def standardize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.z_mean) / self.z_std
+
+    def unstandardize(self, u: torch.Tensor) -> torch.Tensor:
+        return self.z_mean + self.z_std * u
+
+    def observe(self, y: torch.Tensor, state=None):
+        """Sensor readings ``(batch, time, sensors)`` (normalised units) -> mean and variance ``(batch, time,
+        latent + 1)`` of the standardised latent and the normalised parameter, and the LSTM state."""
+        return self.observer(y, state)
+
+    def sense(self, w: torch.Tensor) -> torch.Tensor:
+        """Noise-free readings ``(..., sensors)`` of fields ``(..., x, y)`` at the model's sensor layout."""
+        flat = w.reshape(-1, *w.shape[-2:])
+        return sample_fields(flat, self.positions.to(w), self.length).to(w.dtype).reshape(*w.shape[:-2], -1)
+
+    # ---- training ---------------------------------------------------------------------------------
+
+    def begin_epoch(self, epoch: int) -> bool:
+        phase = 1 if epoch < self.dynamics_epochs else 2
+        changed, self.phase = phase != self.phase, phase
+        for part in (self.encoder, self.decoder, self.field):
+            part.requires_grad_(phase == 1)
+        return changed
+
+    def loss(self, state: torch.Tensor, target: torch.Tensor):
+        """``state`` ``(batch, time, x, y)`` normalised trajectories, ``target`` ``(batch, 1)`` their Re."""
+        if state.dim() != 4 or target.shape != (state.shape[0], 1):
+            raise ValueError(f"ld_ensf trains on trajectories (batch, time, x, y) with one Re each, got "
+                             f"{tuple(state.shape)} and {tuple(target.shape)}")
+        p = self.normalize_params(target.to(state.dtype))
+        return self._dynamics_loss(state, p) if self.phase == 1 else self._observer_loss(state, p)
+
+    def _shift(self, w: torch.Tensor) -> torch.Tensor:
+        """Each trajectory ``(batch, time, x, y)`` rolled along ``x`` by its own random whole number of grid
+        steps (``shifts = "x"``: the Kolmogorov forcing depends on ``y`` only, so this is a symmetry)."""
+        if self.shifts == "none":
+            return w
+        steps = torch.randint(0, w.shape[-2], (w.shape[0],)).tolist()
+        return torch.stack([traj.roll(s, -2) for traj, s in zip(w, steps)])
+
+    def _dynamics_loss(self, w: torch.Tensor, p: torch.Tensor):
+        w = self._shift(w)
+        batch, frames = w.shape[:2]
+        start = torch.randint(0, frames - self.window + 1, (batch,), device=w.device)
+        idx = start[:, None] + torch.arange(self.window, device=w.device)
+        win = w[torch.arange(batch, device=w.device)[:, None], idx]  # (batch, window, x, y)
+        z = self.encode(win.flatten(0, 1)).reshape(batch, self.window, -1)
+        recon = F.mse_loss(self.decode(z.flatten(0, 1)), win.flatten(0, 1))
+        roll, zk = [], z[:, 0]
+        for _ in range(1, self.window):
+            zk = self.advance(zk, p)
+            roll.append(zk)
+        roll = torch.stack(roll, 1)  # (batch, window - 1, latent)
+        forecast = F.mse_loss(self.decode(roll.flatten(0, 1)), win[:, 1:].flatten(0, 1))
+        latent = F.mse_loss(roll, z[:, 1:]) / z.detach().var().clamp_min(1e-8)
+        total = recon + forecast + self.consistency * latent
+        return total, {"recon": recon.detach(), "forecast": forecast.detach(), "latent": latent.detach()}
+
+    @torch.no_grad()
+    def _track_standardization(self, z: torch.Tensor, momentum: float = 0.02) -> None:
+        """Phase 2, training: ``z_mean`` / ``z_std`` from the first batch's codes ``(count, latent)``, then
+        an exponential moving average (the codes are frozen, so it converges to the training frames')."""
+        mean, std = z.mean(0), z.std(0).clamp_min(1e-6)
+        rate = 1.0 if not bool(self.z_fitted) else momentum
+        self.z_mean.lerp_(mean, rate)
+        self.z_std.lerp_(std, rate)
+        self.z_fitted.fill_(1)
+
+    def _observer_loss(self, w: torch.Tensor, p: torch.Tensor):
+        w = self._shift(w)
+        batch, frames = w.shape[:2]
+        with torch.no_grad():
+            z = self.encode(w.flatten(0, 1))
+            if self.training:
+                self._track_standardization(z)
+            u = self.standardize(z).reshape(batch, frames, -1)
+        truth = torch.cat([u, p[:, None].expand(batch, frames, 1)], -1)
+        level = self.obs_noise * (0.5 + torch.rand(batch, 1, 1, device=w.device, dtype=w.dtype))
+        y = self.sense(w)
+        mean, var, _ = self.observe(y + level * torch.randn_like(y))
+        mse = (mean - truth).pow(2).mean()
+        nll = 0.5 * (var.log() + (truth - mean.detach()).pow(2) / var).mean()
+        return mse + nll, {"mse": mse.detach(), "nll": nll.detach(),
+                           "re_mse": (mean[..., -1] - truth[..., -1]).pow(2).mean().detach()}
+
+    def predict(self, state: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A-priori check: the autoencoder's reconstruction of ``state`` ``(batch, x, y)``."""
+        return self.decode(self.encode(state), state.shape[-1])

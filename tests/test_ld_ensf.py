@@ -1,0 +1,214 @@
+"""LD-EnSF (issue 5): latent ODE integrator, parametric data, the ld_ensf model and training, the latent
+filter (joint state + parameter estimation) and the hybrid plug-in."""
+from __future__ import annotations
+
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import train_closure
+from closure import make_plugin, plugin_class
+from latent.checkpoint import load_checkpoint
+from latent.ld_ensf import LatentFilter
+from latent.latent_ode import rk4
+from latent.models import build_model
+from solvers import Grid, NavierStokes2D
+from solvers.forcing import kolmogorov_forcing
+from solvers.initial_conditions import band_limited
+from solvers.observation import sample_fields
+from solvers.pairs import read_trajectories
+from solvers.parametric import load_parametric_config
+from solvers.rollout import rollout
+from test_training import one_thread  # noqa: F401  (autouse fixture)
+
+DATA_CONFIG = "configs/data_e3_small.yaml"
+
+
+def test_rk4_is_fourth_order_on_a_linear_ode():
+    """dz/dt = A z (rotation + decay, per-member rates p): the error against expm(A t) falls 2^4 per halving."""
+    A = torch.tensor([[-0.3, 2.0], [-2.0, -0.3]], dtype=torch.float64)
+    z0 = torch.tensor([[1.0, 0.5], [0.2, -1.0]], dtype=torch.float64)
+    p = torch.tensor([[1.0], [0.5]], dtype=torch.float64)
+
+    def f(z, p):
+        return p * (z @ A.T)
+
+    exact = torch.stack([torch.linalg.matrix_exp(A * float(s) * 1.5) @ z for s, z in zip(p[:, 0], z0)])
+    errors = [(rk4(f, z0, p, 1.5, substeps) - exact).abs().max().item() for substeps in (8, 16, 32)]
+    orders = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
+    assert all(3.8 < o < 4.2 for o in orders), (errors, orders)
+    with pytest.raises(ValueError, match="substeps"):
+        rk4(f, z0, p, 1.0, 0)
+
+
+def tiny_model(n=32, **kwargs):
+    options = dict(latent=6, width=4, modes=6, hidden=32, ode_hidden=16, lstm_hidden=16, n=n, length=2 * math.pi,
+                   sensors="regular:4x4", window=3, dynamics_epochs=2)
+    torch.manual_seed(0)
+    return build_model("ld_ensf", **{**options, **kwargs})
+
+
+def test_decoder_is_band_limited_and_answers_any_coordinate():
+    """The decoded field has no energy beyond its modes; queried at grid points it equals the grid decode, and
+    off the grid it equals the field's Fourier series evaluated directly."""
+    model = tiny_model().double()
+    z = torch.randn(3, 6, dtype=torch.float64)
+    w = model.decode(z)
+    spectrum = torch.fft.rfft2(w).abs()
+    k = torch.fft.fftfreq(32, 1 / 32).abs()
+    outside = (k[:, None] > 6) | (torch.arange(17)[None, :] > 6)
+    assert spectrum[:, outside].max() < 1e-10 * spectrum.max()
+    x = torch.arange(32, dtype=torch.float64) * (2 * math.pi / 32)
+    grid_points = torch.cartesian_prod(x, x)
+    assert torch.allclose(model.query(z, grid_points), w.reshape(3, -1), atol=1e-12)
+    q = torch.rand(50, 2, dtype=torch.float64) * 2 * math.pi
+    c = model.decoder.spectrum(z, 32)  # direct sum of the Fourier series (rfft half plane, weights 1 / 2)
+    kx = torch.fft.fftfreq(32, 1 / 32, dtype=torch.float64)
+    ky = torch.arange(17, dtype=torch.float64)
+    phase = torch.exp(1j * (q[:, 0, None, None] * kx[:, None] + q[:, 1, None, None] * ky))  # (q, kx, ky)
+    weight = torch.where(ky == 0, 1.0, 2.0)
+    direct = torch.einsum("bkl,qkl,l->bq", c, phase, weight.to(c.dtype)).real
+    assert torch.allclose(model.query(z, q), direct, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """4 trajectories x 4 frames of a 32^2 Kolmogorov flow, Re ~ U(50, 150)."""
+    out = tmp_path_factory.mktemp("e3") / "e3.h5"
+    code = train_closure.main(["generate-parametric", "--config", DATA_CONFIG, "--quiet", "--out", str(out),
+                               "--set", "flow.n=32", "--set", "trajectories=4", "--set", "frames=4",
+                               "--set", "splits={train: 2, val: 1, test: 1}", "--set", "batch=3"])
+    assert code == 0
+    return out
+
+
+def test_parametric_data_matches_a_direct_run_at_each_reynolds_number(tiny_data):
+    cfg = load_parametric_config(DATA_CONFIG, ["flow.n=32"])
+    with h5py.File(tiny_data) as f:
+        re, state, times = f["params"][:, 0], f["state"][...], f["time"][...]
+        assert list(f.attrs["param_names"]) == ["reynolds"] and f.attrs["kind"] == "e3"
+    assert np.all((re >= 50) & (re <= 150)) and len(set(re.round(6))) == 4
+    assert np.allclose(times, [0.0, 0.2, 0.4, 0.6])
+    grid = Grid(32, 2 * math.pi)
+    from solvers.random import MemberRNG
+    from solvers.setup import initial_state
+
+    w0, _ = initial_state(cfg.flow, grid, 4, MemberRNG(cfg.seed, [3], stream="init"))
+    eq = NavierStokes2D(grid, 1.0 / re[3], 0.1, kolmogorov_forcing(grid, k_f=4, amplitude=1.0))
+    frames = rollout(w0, eq, 0.01, 60, record_every=20).trajectory()[0].numpy()  # trajectory 3 = member 3
+    assert np.abs(frames - state[3]).max() < 1e-5 * np.abs(state[3]).max()
+    test = read_trajectories(tiny_data, "test")
+    assert test.state.shape == (1, 4, 32, 32) and test.params.shape == (1, 1)
+    with pytest.raises(ValueError, match="min < max"):
+        load_parametric_config(DATA_CONFIG, ["reynolds={min: 100, max: 50}"])
+
+
+def test_training_runs_both_phases_and_checks_the_data(tiny_data, tmp_path, capsys):
+    common = ["train", "--config", "configs/train_ld_ensf.yaml", "--data", str(tiny_data), "--quiet",
+              "--epochs", "3", "--set", "batch_size=2", "--set", "model.kwargs={latent: 4, width: 4, modes: 6, "
+              "hidden: 16, ode_hidden: 16, lstm_hidden: 8, n: 32, length: 6.283185307179586, window: 3, "
+              "dynamics_epochs: 2, sensors: 'regular:4x4'}"]
+    assert train_closure.main([*common, "--out", str(tmp_path / "run")]) == 0
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert "train_forecast" in log[0] and "train_re_mse" in log[0] and len(log) == 4
+    model = load_checkpoint(tmp_path / "run" / "last.pt").build_model()
+    assert bool(model.z_fitted) and (model.z_std > 0).all()  # phase 2 fitted the standardisation
+    bad = [*common[:-1], common[-1].replace("n: 32", "n: 64"), "--out", str(tmp_path / "bad")]
+    assert train_closure.main(bad) == 2
+    assert "model.kwargs.n" in capsys.readouterr().err
+    e1_like = [*common, "--set", "model.kwargs.frame_dt=0.1", "--out", str(tmp_path / "bad2")]
+    assert train_closure.main(e1_like) == 2
+    assert "frame_dt" in capsys.readouterr().err
+
+
+class LinearLatentModel:
+    """A stand-in ``ld_ensf`` model with known dynamics: ``dz/dt = -(1 + p) z`` rotating in pairs, identity
+    encoder / decoder (``z`` is the field), and an observer returning the truth plus known noise."""
+
+    reynolds = (50.0, 150.0)
+
+    def __init__(self, latent=4, noise=0.3, seed=0):
+        self.z_mean, self.z_std = torch.zeros(latent, dtype=torch.float64), torch.ones(latent, dtype=torch.float64)
+        self.noise, self.truth = noise, None
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def standardize(self, z):
+        return z
+
+    def unstandardize(self, u):
+        return u
+
+    def encode(self, w):
+        return w.reshape(w.shape[0], -1).to(torch.float64)
+
+    def decode(self, z, n=None):
+        return z
+
+    def reynolds_from(self, p):
+        return 100 + 50 * p
+
+    def advance(self, z, p, dt=None):
+        rot = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+        A = torch.block_diag(*[rot] * (z.shape[1] // 2))
+        return rk4(lambda z, p: 0.5 * z @ A.T - 0.2 * (1 + p) * z + 0.3 * (1 + p) * torch.roll(z, 1, 1) ** 2 * 0,
+                   z, p, dt, 8)
+
+    def observe(self, y, state=None):
+        x = self.truth  # (latent + 1,)
+        mean = x + self.noise * torch.randn(x.shape, generator=self.generator, dtype=torch.float64)
+        var = torch.full_like(x, self.noise ** 2)
+        var[-1] = 0.5 ** 2  # the parameter is observed poorly: it has to come from the dynamics too
+        mean[-1] = x[-1] + 0.5 * torch.randn((), generator=self.generator, dtype=torch.float64)
+        return mean[None, None], var[None, None], state
+
+
+def test_latent_filter_tracks_the_state_and_estimates_the_parameter():
+    """On a known latent model the LD-EnSF cycle keeps the ensemble mean near the truth (much closer than the
+    free ensemble) and the parameter ensemble contracts toward the true value."""
+    torch.manual_seed(0)
+    model = LinearLatentModel()
+    true_p = torch.tensor([[0.6]], dtype=torch.float64)
+    z = torch.tensor([[1.5, -1.0, 0.5, 2.0]], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    filt = LatentFilter(model, 20, gen, steps=50, guidance="tweedie", param_jitter=0.01)
+    filt.initialize(torch.randn(20, 4, generator=gen, dtype=torch.float64) * 2)
+    free = filt.x.clone()
+    errors, free_errors = [], []
+    for k in range(30):
+        if k:
+            z = model.advance(z, true_p, 0.2)
+            free = torch.cat([model.advance(free[:, :-1], free[:, -1:], 0.2), free[:, -1:]], 1)
+        model.truth = torch.cat([z[0], true_p[0]])
+        filt.cycle(torch.zeros(1), None if k == 0 else 0.2)
+        errors.append((filt.x[:, :-1].mean(0) - z[0]).norm().item())
+        free_errors.append((free[:, :-1].mean(0) - z[0]).norm().item())
+    assert np.mean(errors[10:]) < 0.5 * np.mean(free_errors[10:])
+    assert np.mean(errors[10:]) < 2 * model.noise  # within the observation noise
+    re = filt.reynolds()
+    assert abs(re.mean().item() - 130.0) < 10.0 and re.std().item() < 20.0  # truth Re = 100 + 50 * 0.6
+
+
+def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path):
+    grid = Grid(32, 2 * math.pi)
+    eq = NavierStokes2D(grid, 1e-2, 0.1, kolmogorov_forcing(grid, k_f=4, amplitude=1.0))
+    cls = plugin_class("ld_ensf")
+    ckpt = str(cls.example_checkpoint(tmp_path / "m.pt", grid, eq))
+    truth = band_limited(grid, batch=1, k_min=1, k_max=4, max_velocity=7.0, generator=torch.Generator().manual_seed(3))
+    times = [0.0, 0.2, 0.4]
+    truths = rollout(truth, eq, 0.01, 40, record_every=20).trajectory()[0]
+    obs = cls.example_observations(tmp_path / "truth.h5", grid, truths, times, sensors="regular:4x4")
+    w0 = band_limited(grid, batch=4, k_min=1, k_max=4, max_velocity=7.0, generator=torch.Generator().manual_seed(4))
+    plugin = make_plugin("ld_ensf", grid, eq, observations=obs, checkpoint=ckpt, steps=10)
+    result = rollout(w0, eq, 0.01, 50, plugin=plugin, every=20)  # calls at steps 0, 20, 40
+    assert torch.isfinite(result.w).all() and len(plugin.history["reynolds"]) == 3
+    assert isinstance(eq.nu, torch.Tensor) and eq.nu.shape == (4,)  # one viscosity per member
+    re = 1 / eq.nu.double()
+    assert torch.all((re > 25) & (re < 300))
+    other = cls.example_observations(tmp_path / "t2.h5", grid, truths, times, sensors="regular:5x5")
+    with pytest.raises(ValueError, match="regular:4x4"):
+        make_plugin("ld_ensf", grid, eq, observations=other, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="needs a trained model"):
+        make_plugin("ld_ensf", grid, eq, observations=obs)
