@@ -64,10 +64,27 @@ def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r) -> torch.Tensor:
     w = posterior_weights(x, x0, alpha, beta2)  # (particles, members)
     m = w @ x0
     A = (x0 @ H.T)[None] - (m @ H.T)[:, None]  # H (x0_j - m): (particles, members, obs)
-    S = torch.einsum("pj,pjo,pjq->poq", w, A, A) + torch.diag(r)  # H C H^T + R
-    v = torch.linalg.solve(S, (y - m @ H.T)[..., None])[..., 0]  # (particles, obs)
+    v = _solve_low_rank(w, A, r, y - m @ H.T)  # (H C H^T + R)^-1 (y - H m): (particles, obs)
     D = x0[None] - m[:, None]  # (particles, members, dim)
     return alpha / beta2 * torch.einsum("pj,pjd,pjo,po->pd", w, D, A, v)  # J^T H^T v, J = alpha C / beta^2
+
+
+def _solve_low_rank(w: torch.Tensor, A: torch.Tensor, r: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(A^T diag(w) A + diag(r))^-1 b`` per particle, ``w`` ``(p, m)``, ``A`` ``(p, m, obs)``, ``b`` ``(p, obs)``.
+
+    With fewer members than observations, by Woodbury through ``B = sqrt(w) A R^-1/2`` (an ``m x m`` solve
+    per particle, stable when weights vanish): ``S^-1 = R^-1/2 (I - B^T (I + B B^T)^-1 B) R^-1/2``;
+    otherwise the ``obs x obs`` system directly."""
+    m, obs = A.shape[-2:]
+    if obs <= m:
+        S = torch.einsum("pj,pjo,pjq->poq", w, A, A) + torch.diag(r)
+        return torch.linalg.solve(S, b[..., None])[..., 0]
+    s = r.rsqrt()
+    B = w.sqrt()[..., None] * A * s  # (p, m, obs)
+    c = b * s
+    inner = torch.eye(m, dtype=A.dtype, device=A.device) + B @ B.transpose(-1, -2)
+    correction = (B.transpose(-1, -2) @ torch.linalg.solve(inner, (B @ c[..., None])))[..., 0]
+    return s * (c - correction)
 
 
 def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.Tensor, generator=None,

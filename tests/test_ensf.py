@@ -72,3 +72,19 @@ def test_bad_options_are_clear_errors():
         ensf_analysis(X, y, H, r, guidance="exact")
     with pytest.raises(ValueError, match="steps >= 1"):
         ensf_analysis(X, y, H, r, steps=0)
+
+
+@pytest.mark.parametrize("members, obs", [(5, 20), (20, 5)])
+def test_low_rank_solve_equals_the_direct_solve(members, obs):
+    """The Tweedie guidance's (A^T W A + R)^-1 b: Woodbury (members < obs, one weight exactly zero) and direct."""
+    from latent.ensf import _solve_low_rank
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.softmax(5 * torch.randn(3, members, generator=g, dtype=torch.float64), 1)
+    w[0] = 0.0
+    w[0, 1] = 1.0  # one-hot weights: the high-dimensional case
+    A = torch.randn(3, members, obs, generator=g, dtype=torch.float64)
+    r = torch.rand(obs, generator=g, dtype=torch.float64) + 0.1
+    b = torch.randn(3, obs, generator=g, dtype=torch.float64)
+    S = torch.einsum("pj,pjo,pjq->poq", w, A, A) + torch.diag(r)
+    assert torch.allclose(_solve_low_rank(w, A, r, b), torch.linalg.solve(S, b[..., None])[..., 0], atol=1e-10)
