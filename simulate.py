@@ -268,6 +268,9 @@ def run(args: argparse.Namespace, prepared: tuple) -> int:
         history = getattr(plugin, "history", None)
         if main and history and history.get("time"):
             writer.write_group("assimilation", **{k: np.asarray(v) for k, v in history.items()})
+        reynolds = _reynolds_group(plugin, flow, cfg.ensemble)
+        if main and reynolds is not None:
+            writer.write_group("reynolds", **reynolds)
         if main:
             writer.close(status, message)
     if not main:
@@ -283,6 +286,18 @@ def run(args: argparse.Namespace, prepared: tuple) -> int:
               f"(status 'blew_up'); reduce dt (flow.dt / flow.cfl) or check the closure.", file=sys.stderr)
         return EXIT_BLOW_UP
     return 0
+
+
+def _reynolds_group(plugin, flow: Flow, ensemble: int) -> dict[str, np.ndarray] | None:
+    """The members' Reynolds numbers ``Re = 1/nu`` ``(ensemble,)`` drawn from the plug-in's ``reynolds_prior``
+    (``prior``) and at the end (``final``), gathered over processes; ``None`` without a prior."""
+    reynolds = getattr(plugin, "reynolds", None)
+    if reynolds is None or reynolds.prior_draws is None:
+        return None
+    prior = reynolds.prior_draws.to(flow.grid.device)
+    both = parallel.gather_rows(torch.stack([prior, reynolds.reynolds(flow.equation, len(prior)).to(prior)], 1),
+                                ensemble)
+    return None if both is None else {"prior": both[:, 0].cpu().numpy(), "final": both[:, 1].cpu().numpy()}
 
 
 def _figures(out: Path) -> list[Path]:
@@ -309,10 +324,13 @@ def _print_assimilation(history: dict | None) -> None:
     if not history or not history.get("time"):
         return
     print(f"\nassimilation: {len(history['time'])} analyses")
-    print(f"{'t':>10} {'rmse_f':>10} {'rmse_a':>10} {'spread_f':>10} {'spread_a':>10} {'rel_rmse_a':>11} {'s':>8}")
-    for row in zip(*(history[k] for k in ("time", "rmse_f", "rmse_a", "spread_f", "spread_a", "rel_rmse_a",
-                                           "seconds"))):
-        print(f"{row[0]:10.4g} " + " ".join(f"{v:10.4g}" for v in row[1:5]) + f" {row[5]:11.4g} {row[6]:8.3g}")
+    re = "reynolds" in history  # joint Reynolds-number estimation: Re = 1/nu, mean and spread
+    print(f"{'t':>10} {'rmse_f':>10} {'rmse_a':>10} {'spread_f':>10} {'spread_a':>10} {'rel_rmse_a':>11} {'s':>8}"
+          + (f" {'Re_a':>9} {'Re spread':>9}" if re else ""))
+    keys = ("time", "rmse_f", "rmse_a", "spread_f", "spread_a", "rel_rmse_a", "seconds")
+    for row in zip(*(history[k] for k in keys + (("reynolds", "reynolds_spread") if re else ()))):
+        print(f"{row[0]:10.4g} " + " ".join(f"{v:10.4g}" for v in row[1:5]) + f" {row[5]:11.4g} {row[6]:8.3g}"
+              + (f" {row[7]:9.4g} {row[8]:9.3g}" if re else ""))
 
 
 def _print_summary(cfg: RunConfig, flow: Flow, result, wall: float, out: Path, figures: list[Path],

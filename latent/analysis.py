@@ -15,7 +15,8 @@ import torch
 
 from solvers.random import normal_like
 
-__all__ = ["enkf_analysis", "kalman_posterior", "letkf_analysis", "gaspari_cohn", "periodic_distance"]
+__all__ = ["enkf_analysis", "enkf_update", "perturbed_innovations", "kalman_posterior", "letkf_analysis",
+           "letkf_transforms", "ensemble_transform", "gaspari_cohn", "periodic_distance"]
 
 Observe = Callable[[torch.Tensor], torch.Tensor]
 
@@ -37,17 +38,30 @@ def enkf_analysis(X: torch.Tensor, y: torch.Tensor, observe: Observe | torch.Ten
     ``e_i ~ N(0, R)`` are centred so the analysis mean is the Kalman update of the ensemble mean.
     ``observe`` may also be the observed ensemble ``h(X)`` itself. ``localize = (rho_xy (dim, obs),
     rho_yy (obs, obs))`` tapers both covariances elementwise (Schur product, Houtekamer & Mitchell 2001)."""
+    if X.shape[0] < 2:
+        raise ValueError(f"the EnKF needs at least 2 members, got {X.shape[0]}")
+    HX = observe if isinstance(observe, torch.Tensor) else observe(X)  # (members, obs)
+    return enkf_update(X, HX, perturbed_innovations(HX, y, r, generator), r, localize)
+
+
+def perturbed_innovations(HX: torch.Tensor, y: torch.Tensor, r: torch.Tensor, generator=None) -> torch.Tensor:
+    """``y + e_i - HX_i`` ``(members, obs)`` with centred perturbations ``e_i ~ N(0, diag r)`` from ``generator``."""
+    e = normal_like(HX, generator) * r.sqrt()
+    return y[None] + (e - e.mean(0)) - HX
+
+
+def enkf_update(X: torch.Tensor, HX: torch.Tensor, innovations: torch.Tensor, r: torch.Tensor,
+                localize: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``X + innovations K^T`` ``(members, dim)``, the EnKF gain ``K = C_xy (C_yy + R)^-1`` of ``X`` and its
+    observed values ``HX`` ``(members, obs)`` (optionally tapered by ``localize``, see :func:`enkf_analysis`)."""
     n = X.shape[0]
     if n < 2:
         raise ValueError(f"the EnKF needs at least 2 members, got {n}")
-    HX = observe if isinstance(observe, torch.Tensor) else observe(X)  # (members, obs)
     A, HA = X - X.mean(0), HX - HX.mean(0)
     C_yy, C_xy = HA.T @ HA / (n - 1), A.T @ HA / (n - 1)
     if localize is not None:
         C_xy, C_yy = C_xy * localize[0], C_yy * localize[1]
     C_yy = C_yy + torch.diag(r)
-    e = normal_like(HX, generator) * r.sqrt()
-    innovations = y[None] + (e - e.mean(0)) - HX  # (members, obs)
     return X + torch.linalg.solve(C_yy, innovations.T).T @ C_xy.T
 
 
@@ -61,23 +75,38 @@ def letkf_analysis(X: torch.Tensor, HX: torch.Tensor, y: torch.Tensor, r: torch.
     the ensemble's mean and covariance for a linear ``H``. ``inflation`` multiplies the prior covariance.
     Deterministic square root (symmetric), so the analysis ensemble stays centred on the analysis mean.
     """
-    n = X.shape[0]
+    if X.shape[0] != HX.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} members but HX {HX.shape[0]}")
+    return ensemble_transform(X, letkf_transforms(HX, y, r, weights, inflation))
+
+
+def ensemble_transform(X: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """``mean_g + A[:, g] @ T[g]`` ``(members, dim)`` for ``X`` ``(members, dim)`` with anomalies ``A`` and
+    transforms ``T`` ``(1 | dim, members, members)`` (one for all components, or one each)."""
+    return X.mean(0) + torch.einsum("ig,gij->jg", X - X.mean(0), T.expand(X.shape[1], *T.shape[1:]))
+
+
+def letkf_transforms(HX: torch.Tensor, y: torch.Tensor, r: torch.Tensor, weights: torch.Tensor | None = None,
+                     inflation: float = 1.0) -> torch.Tensor:
+    """The LETKF's ensemble transforms ``T`` ``(1 | dim, members, members)`` (Hunt et al. 2007, eqs. 20-24):
+    component ``g``'s analysis members are ``mean_g + A[:, g] @ T[g]`` (column ``j``: member ``j``'s weights,
+    mean weights plus the symmetric square root), ``A`` the forecast anomalies; see :func:`letkf_analysis`."""
+    n = HX.shape[0]
     if n < 2:
         raise ValueError(f"the LETKF needs at least 2 members, got {n}")
     if inflation <= 0:
         raise ValueError(f"inflation must be > 0, got {inflation}")
-    x_mean, y_mean = X.mean(0), HX.mean(0)
-    A, Y = X - x_mean, HX - y_mean  # (members, dim), (members, obs)
+    y_mean = HX.mean(0)
+    Y = HX - y_mean  # (members, obs)
     rinv = (1 / r)[None] if weights is None else weights / r  # (1 | dim, obs)
     C = Y[None] * rinv[:, None, :]  # (1 | dim, members, obs): Y R_g^-1
-    eye = torch.eye(n, dtype=X.dtype, device=X.device)
+    eye = torch.eye(n, dtype=HX.dtype, device=HX.device)
     M = (n - 1) / inflation * eye + C @ Y.T  # (1 | dim, members, members): inverse of Pa~
     evals, evecs = torch.linalg.eigh(M)
     Pa = (evecs / evals[..., None, :]) @ evecs.transpose(-1, -2)
     W = (evecs * ((n - 1) / evals).sqrt()[..., None, :]) @ evecs.transpose(-1, -2)
     w_mean = (Pa @ (C @ (y - y_mean)[:, None]))  # (1 | dim, members, 1)
-    T = W + w_mean  # (1 | dim, members, members): column j gives member j's weights
-    return x_mean + torch.einsum("ig,gij->jg", A, T.expand(X.shape[1], n, n))
+    return W + w_mean
 
 
 def periodic_distance(a: torch.Tensor, b: torch.Tensor, length: float) -> torch.Tensor:

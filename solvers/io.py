@@ -8,6 +8,9 @@ Layout (layout_version 1)::
     /diagnostics/enstrophy float64 (member, time), <w^2>/2 per frame    (optional)
     /metrics/time         float64 (k,), times compared with a reference   (optional)
     /metrics/rel_l2, /metrics/ens_mean_rel_l2, /metrics/spread   float64 (k,)   (optional)
+    /assimilation/*       float64 (analyses,), the assimilation plug-ins' log (closure.assimilation)  (optional)
+    /reynolds/prior, /reynolds/final   float64 (member,), each member's Re = 1/nu drawn from a plug-in's
+                          reynolds_prior and at the end (joint parameter estimation)   (optional)
 
     root attributes:
       layout_version   1
