@@ -103,6 +103,7 @@ class TrainConfig:
     device: str | None = None
     dtype: str = "float32"
     out: str | None = None
+    init_from: str | None = None  # warm start: the model weights of this checkpoint (same model; kwargs may differ)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0 and self.batch_size >= 1,
@@ -266,6 +267,20 @@ def _check_learned(name: str) -> None:
     _check(name in learned, f"closure {name!r} has no trainable model; choose one of {learned}")
 
 
+def _warm_start(model: nn.Module, path: str) -> None:
+    """Load the weights (and buffers) of checkpoint ``path`` into ``model``: the same registry model whose
+    tensors all have the same shapes (training-only kwargs such as a phase length may differ)."""
+    saved = load_checkpoint(path).payload["model"]
+    _check(saved["name"] == model.spec["name"],
+           f"init_from {path} holds a {saved['name']!r} model, this run trains {model.spec['name']!r}")
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"init_from {path}: its weights do not fit this model.kwargs ({err}); keep the "
+                         f"architecture keys of {saved['kwargs']}") from None
+    log.info("warm start from %s (%s)", path, saved["kwargs"])
+
+
 def _restore(path: Path, meta: dict, model, optimizer, scheduler, state: dict) -> None:
     """--resume: check the checkpoint against the data and model, then restore every piece of state."""
     ckpt = load_checkpoint(path, grid=(meta["grid"]["n"], meta["grid"]["length"]), flow=meta["flow"],
@@ -301,6 +316,8 @@ def prepare(args: argparse.Namespace) -> Job:
     data, meta = _load_data(cfg, device, dtype)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, **cfg.model.kwargs).to(device, dtype)
+    if cfg.init_from and not args.resume:
+        _warm_start(model, cfg.init_from)
     with torch.no_grad():  # a model that does not fit the data fails here, before any file is written
         model.loss(data["train"][0][:1], data["train"][1][:1])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)

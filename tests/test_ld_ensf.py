@@ -212,3 +212,22 @@ def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path):
         make_plugin("ld_ensf", grid, eq, observations=other, checkpoint=ckpt)
     with pytest.raises(ValueError, match="needs a trained model"):
         make_plugin("ld_ensf", grid, eq, observations=obs)
+
+
+def test_warm_start_loads_the_weights_and_rejects_another_architecture(tiny_data, tmp_path, capsys):
+    """``init_from``: a new run (here with a different phase length: straight to phase 2, which freezes the
+    autoencoder and ODE) starts from a checkpoint's weights."""
+    kwargs = ("model.kwargs={latent: 4, width: 4, modes: 6, hidden: 16, ode_hidden: 16, lstm_hidden: 8, n: 32, "
+              "length: 6.283185307179586, window: 3, dynamics_epochs: %d, sensors: 'regular:4x4'}")
+    common = ["train", "--config", "configs/train_ld_ensf.yaml", "--data", str(tiny_data), "--quiet",
+              "--set", "batch_size=2"]
+    assert train_closure.main([*common, "--epochs", "1", "--set", kwargs % 1, "--out", str(tmp_path / "a")]) == 0
+    first = load_checkpoint(tmp_path / "a" / "last.pt").payload["model"]["state_dict"]
+    warm = [*common, "--epochs", "1", "--set", kwargs % 0, "--set", f"init_from={tmp_path / 'a' / 'last.pt'}"]
+    assert train_closure.main([*warm, "--out", str(tmp_path / "b")]) == 0
+    second = load_checkpoint(tmp_path / "b" / "last.pt").payload["model"]["state_dict"]
+    frozen = [k for k in first if k.split(".")[0] in ("encoder", "decoder", "field")]  # phase 2 from epoch 0
+    assert frozen and all(torch.equal(first[k], second[k]) for k in frozen)
+    wider = [w.replace("latent: 4", "latent: 5") for w in warm]
+    assert train_closure.main([*wider, "--out", str(tmp_path / "c")]) == 2
+    assert "init_from" in capsys.readouterr().err
