@@ -171,7 +171,7 @@ def figure(results: dict, path: Path) -> None:
                                                                " (at observation times, before the analysis)"))
     if reynolds:
         axes[1].axhline(results["setup"]["truth_reynolds"], color="k", ls="--", label="truth")
-        axes[1].set(xlabel="t", ylabel="ensemble-mean Re = 1/nu after each analysis")
+        axes[1].set(xlabel="t", ylabel="ensemble-mean Re = 1/nu (analysis)")
         axes[1].legend(fontsize=8)
     axes[0].legend(fontsize=8)
     fig.savefig(path, dpi=110)
