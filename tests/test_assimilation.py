@@ -161,7 +161,8 @@ def test_joint_estimation_beats_the_free_ensemble_and_finds_the_reynolds_number(
 
 
 def _one_analysis(tmp_path, name, **options):
-    """One plug-in call at an observation time on a 6-member 32^2 ensemble: ``(plugin, state, output)``."""
+    """One plug-in call at an observation time on a 6-member 32^2 ensemble: ``(plugin, state, obs, output)``."""
+    tmp_path.mkdir(exist_ok=True)
     grid = Grid(32, 2 * np.pi, dtype=torch.float64)
     truth = band_limited(grid, 2, 1, 3, 2.0, generator=torch.Generator().manual_seed(0))
     obs = Assimilation.example_observations(tmp_path / "truth.h5", grid, truth, [0.0, 0.1], "regular:6x6", 0.3)
@@ -193,6 +194,23 @@ def test_reynolds_prior_null_leaves_the_analysis_unchanged(tmp_path, name, optio
     assert torch.equal(out, expected.reshape(state.w.shape))
     assert state.equation.nu == 1e-2 and state.equation.version == 1 and plugin.reynolds is None
     assert tuple(plugin.history) == HISTORY_KEYS
+
+
+@pytest.mark.parametrize("name, options", [("enkf", {}), ("enkf", {"radius": 1.5, "inflation": 1.3}),
+                                           ("enkf", {"radius": 1.5, "reynolds_update": "global"}),
+                                           ("letkf", {"inflation": 1.2}), ("letkf", {"reynolds_update": "global"}),
+                                           ("ensf", {"steps": 10})])
+def test_one_analysis_with_a_reynolds_prior(tmp_path, name, options):
+    """The first call draws 6 Re in the prior, the analysis moves them within the widened bounds, logs them and
+    returns a finite state; the same seed gives the same numbers."""
+    plugin, state, obs, out = _one_analysis(tmp_path, name, reynolds_prior=[50, 150], **options)
+    re = 1 / state.equation.nu
+    assert out.shape == state.w.shape and torch.isfinite(out).all() and re.shape == (6,)
+    assert ((50 <= plugin.reynolds.prior_draws) & (plugin.reynolds.prior_draws <= 150)).all()
+    assert ((25 <= re) & (re <= 300)).all() and not torch.allclose(re.double(), plugin.reynolds.prior_draws)
+    assert plugin.history["reynolds"] == [pytest.approx(re.mean().item())] and plugin.history["reynolds_spread"][0] > 0
+    again = _one_analysis(tmp_path / "again", name, reynolds_prior=[50, 150], **options)
+    assert torch.equal(again[3], out) and torch.equal(1 / again[1].equation.nu, re)
 
 
 def test_runs_without_a_prior_write_no_reynolds_group(runs):
