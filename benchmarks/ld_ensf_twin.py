@@ -7,10 +7,10 @@ The truth is a held-out test trajectory of the parametric data (``--data``, made
 ``train_closure.py generate-parametric``) at its own Re; it is observed on the model's sensor lattice
 (E3: 10 x 10) with Gaussian noise ``--noise`` x the data's vorticity std (E3: 0.1 in normalised units)
 every frame (0.2 time units) for 40 cycles. Every method starts from the same ``--members``
-climatological draws (the twin's band-limited initial fields) with the same per-member Re from the
-prior U(lo, hi) of the data; the physical-space filters keep the members' Re fixed (state
-estimation only), LD-EnSF estimates Re jointly and, in hybrid mode, runs each member at its analysed
-Re. Reported per method, averaged over the truths: relative RMSE of the ensemble mean
+climatological draws (the twin's band-limited initial fields); every filter estimates Re jointly
+with the state from a prior over the data's range (the physical-space filters through
+``reynolds_prior``, log-uniform; LD-EnSF uniform; ``--fixed-reynolds``: the physical filters keep the
+free run's per-member draws) and, except the pure-latent mode, runs each member at its analysed Re. Reported per method, averaged over the truths: relative RMSE of the ensemble mean
 (``sqrt(mean err^2 / mean truth^2)``, LD-EnSF's metric) after the analysis at the end and over the
 second half, the final relative error of the ensemble-mean Re, and the wall time per assimilation
 cycle: the analysis for the solver-forecast methods, forecast + observe + analysis for the pure-latent
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed of the initial draws and the members' prior Re")
     p.add_argument("--guidance", default="tweedie", help="LD-EnSF likelihood guidance: damped (paper) or tweedie")
     p.add_argument("--inject", default="increment", help="LD-EnSF hybrid: increment or replace")
+    p.add_argument("--fixed-reynolds", action="store_true", help="physical-space filters keep the members' prior Re "
+                   "(default: they estimate it jointly, closure.options.reynolds_prior)")
     p.add_argument("--json", type=Path, default=RESULTS / "ld_ensf_twin.json", help="results file")
     return p
 
@@ -110,6 +112,8 @@ def run_truth(args, cfg, truth: torch.Tensor, reynolds: float, model_path: str, 
         options = dict(OPTIONS.get(method, {}))
         if method == "ld_ensf":
             options.update(checkpoint=model_path, guidance=args.guidance, inject=args.inject)
+        elif method != "none" and not args.fixed_reynolds:
+            options.update(reynolds_prior=[cfg.reynolds.min, cfg.reynolds.max])
         plugin = None
         if method != "none":
             plugin = closure.make_plugin(method, grid, eq, observations=obs, **options)
