@@ -42,20 +42,13 @@ class LDEnSF(Assimilation):
                  eps_alpha: float = 0.01, eps_beta: float = 0.0, clip: float | None = None,
                  guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02) -> None:
         super().__init__(grid, equation, observations, nudge)
-        from latent.checkpoint import load_checkpoint
+        from .learned import load_plugin_model
 
-        if checkpoint is None:
-            raise ValueError("ld_ensf needs a trained model: --checkpoint FILE (closure.options.checkpoint); train one "
-                             "with `python train_closure.py train --closure ld_ensf --data data/e3_small.h5 "
-                             "--config configs/train_ld_ensf.yaml`")
         if inject not in self.INJECT:
             raise ValueError(f"unknown inject mode {inject!r}; choose one of {list(self.INJECT)}")
-        ckpt = load_checkpoint(checkpoint)
-        if ckpt.closure != self.name:
-            raise ValueError(f"checkpoint {checkpoint} was trained for {ckpt.closure!r}, not {self.name!r}")
-        ckpt.check_grid(grid.n, grid.length)
-        self.device = torch.device(device) if device is not None else grid.device
-        self.model = ckpt.build_model(self.device, torch.float32).eval()
+        ckpt, self.device, self.model = load_plugin_model(
+            self.name, checkpoint, grid, device, "`python train_closure.py train --closure ld_ensf --data "
+            "data/e3_small.h5 --config configs/train_ld_ensf.yaml`")
         self._check_sensors()
         self.norm, self.checkpoint = ckpt.normalization, str(checkpoint)
         self.inject, self.estimate_reynolds = inject, bool(estimate_reynolds)
@@ -90,8 +83,7 @@ class LDEnSF(Assimilation):
                 log.warning("ld_ensf: observations %.4g apart, the observation encoder was trained on %.4g",
                             interval, model.frame_dt)
             self.filter.set_latent(w)
-            p = self.filter.x[:, -1:]
-            self.filter.x[:, -1:] = p + self.filter.param_jitter * self.filter._randn(members, 1)
+            self.filter.jitter_parameters()
         self.last_t = obs.t
         forecast = self.filter.fields(n)
         self.filter.analysis(*self.filter.observe(norm.state(obs.y.to(self.device, torch.float32))))

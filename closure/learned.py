@@ -21,10 +21,24 @@ from solvers.grid import Grid
 
 from .base import FlowState, Plugin
 
-__all__ = ["LearnedClosure", "SHIPPED"]
+__all__ = ["LearnedClosure", "SHIPPED", "load_plugin_model"]
 
 log = logging.getLogger(__name__)
 SHIPPED = Path(__file__).resolve().parent / "checkpoints"  # models that ship with the package
+
+
+def load_plugin_model(name: str, checkpoint: str | None, grid: Grid, device, how_to_train: str):
+    """``(checkpoint, device, model)`` of plug-in ``name``: the checkpoint must exist (else ``how_to_train``
+    is in the error), be trained for ``name`` and fit ``grid``; the model is built float32, in eval mode."""
+    if checkpoint is None:
+        raise ValueError(f"{name} needs a trained model: --checkpoint FILE (closure.options.checkpoint); "
+                         f"train one with {how_to_train}")
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.closure != name:
+        raise ValueError(f"checkpoint {checkpoint} was trained for {ckpt.closure!r}, not {name!r}")
+    ckpt.check_grid(grid.n, grid.length)
+    device = torch.device(device) if device is not None else grid.device
+    return ckpt, device, ckpt.build_model(device, torch.float32).eval()
 
 
 class LearnedClosure(Plugin):

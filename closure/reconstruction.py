@@ -107,22 +107,17 @@ class SparseReconPlugin(Reconstruction):
     def __init__(self, grid, equation, observations=None, nudge: float = 1.0, checkpoint: str | None = None,
                  device=None, ensemble: str = "mean") -> None:
         super().__init__(grid, equation, observations, nudge)
-        from latent.checkpoint import compare_flows, load_checkpoint
+        from latent.checkpoint import compare_flows
 
-        if checkpoint is None:
-            raise ValueError("sparse_recon needs a trained model: --checkpoint FILE (closure.options.checkpoint); "
-                             "train one with `python train_closure.py train --closure sparse_recon --data FILE`")
+        from .learned import load_plugin_model
+
         if ensemble not in self.ENSEMBLE:
             raise ValueError(f"unknown ensemble mode {ensemble!r}; choose one of {list(self.ENSEMBLE)}")
-        ckpt = load_checkpoint(checkpoint)
-        if ckpt.closure != self.name:
-            raise ValueError(f"checkpoint {checkpoint} was trained for {ckpt.closure!r}, not {self.name!r}")
-        ckpt.check_grid(grid.n, grid.length)
+        ckpt, self.device, self.model = load_plugin_model(
+            self.name, checkpoint, grid, device, "`python train_closure.py train --closure sparse_recon --data FILE`")
         differ = compare_flows(ckpt.flow, {"nu": equation.nu, "drag": equation.drag})
         if differ:  # the model knows the training flow's statistics; another flow is allowed but worth a word
             log.warning("sparse_recon: checkpoint trained on another flow (%s)", "; ".join(differ))
-        self.device = torch.device(device) if device is not None else grid.device
-        self.model = ckpt.build_model(self.device, torch.float32).eval()
         self.norm, self.checkpoint, self.ensemble = ckpt.normalization, str(checkpoint), ensemble
         self.calls = 0
 

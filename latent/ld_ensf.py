@@ -74,10 +74,13 @@ class LatentFilter:
         """Advance every member by ``interval`` time units with the latent ODE at its own parameter."""
         m = self.model
         z = m.unstandardize(self.x[:, :-1].to(m.z_mean))
-        p = self.x[:, -1:]
-        z = m.advance(z, p.to(z), interval)
-        p = p + self.param_jitter * self._randn(self.members, 1)
-        self.x = torch.cat([m.standardize(z).to(torch.float64), p], 1)
+        z = m.advance(z, self.x[:, -1:].to(z), interval)
+        self.x = torch.cat([m.standardize(z).to(torch.float64), self.x[:, -1:]], 1)
+        self.jitter_parameters()
+
+    def jitter_parameters(self) -> None:
+        """The parameters' random walk over one cycle: ``p += param_jitter * N(0, 1)`` per member."""
+        self.x[:, -1:] += self.param_jitter * self._randn(self.members, 1)
 
     @torch.no_grad()
     def observe(self, readings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
