@@ -12,5 +12,6 @@ from . import cdm  # noqa: F401
 from . import assimilation  # noqa: F401
 from . import reconstruction  # noqa: F401
 from . import ld_ensf  # noqa: F401
+from . import vq_forecast  # noqa: F401
 
 __all__ = ["FlowState", "Plugin", "available", "make_plugin", "plugin_class", "register"]

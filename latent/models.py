@@ -136,3 +136,4 @@ class FNOClosureModel(TrainableModel):
 from . import cdm as _cdm  # noqa: E402,F401  registers p_cdm, latent_cdm, latent_cdm_two_phase
 from . import sparse_recon as _sparse_recon  # noqa: E402,F401  registers sparse_recon
 from . import ld_model as _ld_model  # noqa: E402,F401  registers ld_ensf
+from . import vq_forecast as _vq_forecast  # noqa: E402,F401  registers vq_forecast

@@ -35,7 +35,7 @@ from solvers.observation import sample_fields
 
 from .models import TrainableModel, register_model
 
-__all__ = ["fourier_features", "SparseRecon", "correlated_noise", "shift_fields", "grid_coordinates", "SHIFTS"]
+__all__ = ["fourier_features", "SensorEncoder", "SparseRecon", "draw_sensors", "correlated_noise", "shift_fields", "grid_coordinates", "SHIFTS"]
 
 SHIFTS = ("none", "x", "y", "xy", "diagonal")
 Z90 = 1.6448536269514722  # the central 90 % band of a Gaussian is mean +- Z90 std
@@ -67,6 +67,41 @@ class CrossBlock(nn.Module):
         return q + self.mlp(self.norm_mlp(q))
 
 
+class SensorEncoder(nn.Module):
+    """A sensor set -> a latent array ``(batch, latents, width)``: every sensor a token
+    ``MLP([value, phi(p), value phi(p)])``, read by cross-attention into a learned array, then ``blocks``
+    self-attention layers. Order-free and any count (padding masked); positions in a box of side ``length``."""
+
+    def __init__(self, latents: int, width: int, heads: int, blocks: int, frequencies: int, length: float = 1.0) -> None:
+        super().__init__()
+        self.length, self.frequencies = float(length), int(frequencies)
+        self.latent_array = nn.Parameter(0.02 * torch.randn(latents, width))
+        self.embed_sensor = _mlp(1 + 8 * frequencies, width)
+        self.read = CrossBlock(width, heads)
+        self.process = nn.ModuleList(
+            nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True) for _ in range(blocks))
+
+    def forward(self, values: torch.Tensor, positions: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents from ``values`` ``(batch, sensors)`` at ``positions`` ``(batch, sensors, 2)`` or ``(sensors, 2)``;
+        ``pad`` ``(batch, sensors)`` True marks padding. Bad readings raise (see ``_check_sensors``)."""
+        _check_sensors(values, positions, pad)
+        positions = positions.to(values).expand(values.shape[0], -1, -1)
+        phi = fourier_features(positions, self.length, self.frequencies)
+        tokens = self.embed_sensor(torch.cat([values[..., None], phi, values[..., None] * phi], -1))
+        z = self.read(self.latent_array.expand(values.shape[0], -1, -1), tokens, pad)
+        for block in self.process:
+            z = block(z)
+        return z
+
+
+def _rename_sensor_keys(state_dict, prefix, *args) -> None:
+    """Checkpoints written before :class:`SensorEncoder` existed keep its parts at the model's top level."""
+    for part in ("latent_array", "embed_sensor.", "read.", "process."):
+        for key in [k for k in state_dict if k.startswith(prefix + part)]:
+            state_dict[prefix + "sensors." + key[len(prefix):]] = state_dict.pop(key)
+
+
 @register_model("sparse_recon")
 class SparseRecon(TrainableModel):
     """Perceiver-style sparse reconstruction with a per-point Gaussian uncertainty (see the module doc).
@@ -90,30 +125,18 @@ class SparseRecon(TrainableModel):
             raise ValueError(f"unknown shifts {shifts!r}; choose one of {list(SHIFTS)}")
         self.min_sensors, self.max_sensors, self.noise, self.queries = min_sensors, max_sensors, noise, queries
         self.shifts = shifts
-        features = 4 * frequencies
-        self.latent_array = nn.Parameter(0.02 * torch.randn(latents, width))
-        self.embed_sensor = _mlp(1 + 2 * features, width)
-        self.embed_query = _mlp(features, width)
-        self.read = CrossBlock(width, heads)
-        self.process = nn.ModuleList(
-            nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, activation="gelu", batch_first=True,
-                                       norm_first=True) for _ in range(blocks))
+        self.sensors = SensorEncoder(latents, width, heads, blocks, frequencies, self.length)
+        self.embed_query = _mlp(4 * frequencies, width)
         self.write = CrossBlock(width, heads)
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2))
+        self._register_load_state_dict_pre_hook(_rename_sensor_keys)
 
     # ---- inference ------------------------------------------------------------------------------------------
 
     def encode(self, values: torch.Tensor, positions: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         """Latents ``(batch, latents, width)`` from sensor values ``(batch, sensors)`` at ``positions``
         ``(batch, sensors, 2)`` or ``(sensors, 2)`` in box units ``[0, 1)``; ``pad`` ``(batch, sensors)`` True marks padding."""
-        _check_sensors(values, positions, pad)
-        positions = positions.to(values).expand(values.shape[0], -1, -1)
-        phi = fourier_features(positions, self.length, self.frequencies)
-        tokens = self.embed_sensor(torch.cat([values[..., None], phi, values[..., None] * phi], -1))
-        z = self.read(self.latent_array.expand(values.shape[0], -1, -1), tokens, pad)
-        for block in self.process:
-            z = block(z)
-        return z
+        return self.sensors(values, positions, pad)
 
     def decode(self, z: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance ``(batch, queries)`` at ``coords`` ``(batch, queries, 2)`` or ``(queries, 2)`` (box units)."""
@@ -149,16 +172,7 @@ class SparseRecon(TrainableModel):
     def draw_sensors(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Random training layouts for ``state`` ``(batch, x, y)``: noisy values and positions
         ``(batch, most, [2])`` and the padding mask (True past each sample's own count)."""
-        batch, device = state.shape[0], state.device
-        lo, hi = math.log(self.min_sensors), math.log(self.max_sensors + 1)
-        counts = torch.exp(lo + (hi - lo) * torch.rand(batch, device=device)).floor().clamp(max=self.max_sensors)
-        most = int(counts.max())
-        pad = torch.arange(most, device=device)[None, :] >= counts[:, None]
-        positions = torch.rand(batch, most, 2, device=device, dtype=state.dtype) * self.length
-        values = sample_fields(state, positions, self.length).to(state.dtype)
-        rms = state.pow(2).mean((-2, -1)).sqrt()[:, None]
-        level = self.noise * torch.rand(batch, 1, device=device, dtype=state.dtype)
-        return values + level * rms * torch.randn_like(values), positions, pad
+        return draw_sensors(state, self.min_sensors, self.max_sensors, self.noise, self.length)
 
     def loss(self, state: torch.Tensor, target: torch.Tensor | None = None):
         """MSE of the mean plus Gaussian NLL of the variance (mean detached) at random grid points;
@@ -173,6 +187,24 @@ class SparseRecon(TrainableModel):
         mse = (mean - truth).pow(2).mean()
         nll = 0.5 * (var.log() + (truth - mean.detach()).pow(2) / var).mean()
         return mse + nll, {"mse": mse.detach(), "nll": nll.detach()}
+
+
+def draw_sensors(state: torch.Tensor, min_sensors: int, max_sensors: int, noise: float,
+                 length: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random sensor sets for fields ``state`` ``(batch, x, y)`` in a box of side ``length``: a count
+    log-uniform in ``[min_sensors, max_sensors]`` per field at uniform random off-grid positions, values read
+    by the Fourier series plus Gaussian noise of a level uniform in ``[0, noise]`` x the field's RMS.
+    Returns values and positions ``(batch, most, [2])`` and the padding mask (True past each field's count)."""
+    batch, device = state.shape[0], state.device
+    lo, hi = math.log(min_sensors), math.log(max_sensors + 1)
+    counts = torch.exp(lo + (hi - lo) * torch.rand(batch, device=device)).floor().clamp(max=max_sensors)
+    most = int(counts.max())
+    pad = torch.arange(most, device=device)[None, :] >= counts[:, None]
+    positions = torch.rand(batch, most, 2, device=device, dtype=state.dtype) * length
+    values = sample_fields(state, positions, length).to(state.dtype)
+    rms = state.pow(2).mean((-2, -1)).sqrt()[:, None]
+    level = noise * torch.rand(batch, 1, device=device, dtype=state.dtype)
+    return values + level * rms * torch.randn_like(values), positions, pad
 
 
 def shift_fields(w: torch.Tensor, shifts: str) -> torch.Tensor:
