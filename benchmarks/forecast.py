@@ -14,8 +14,12 @@ starts; ``persist`` holds the reconstruction fixed (the trivial forecast). Initi
 - ``truth``: the exact state (the solver's own error: the bound);
 - ``sparse_recon`` (``--checkpoint``), ``gappy_pod`` (basis: the train split), ``cubic``.
 
-Writes ``results/forecast.{json,md,png}``; the issue compares this against a pure-latent forecaster
-(``vq_forecast``, not built yet).
+Against them, the pure-latent forecaster ``vq_forecast`` (``--vq-checkpoint``; seed 001): the same sensors
+give the dense field's codes, its transformer forecasts the codes frame by frame from that one frame, and
+the decoder turns them into fields (no solver). Its row ``truth`` starts from the exact state's codes
+instead (the forecaster's own error, without the sparse encoder's).
+
+Writes ``results/forecast.{json,md,png}``.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from solvers.setup import build_flow
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHOW = (0, 1, 5, 10, 20, 30)
+VQ_DEFAULT = Path("runs/vq_forecast_e1_small/best.pt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/e1_small.h5", help="pair file (test trajectory: truth; train: POD)")
     p.add_argument("--checkpoint", default=str(SHIPPED), help="sparse_recon checkpoint; 'none' skips it")
+    p.add_argument("--vq-checkpoint", default=str(VQ_DEFAULT),
+                   help="vq_forecast checkpoint (python train_closure.py train --closure vq_forecast); 'none' skips it")
     p.add_argument("--fraction", type=float, default=1.0, help="sensors, %% of grid points (default 1)")
     p.add_argument("--noise", type=float, default=0.1, help="noise standard deviation / field RMS (default 0.1)")
     p.add_argument("--starts", type=int, default=6, help="forecasts, from evenly spaced test frames")
@@ -86,9 +93,11 @@ def run(args) -> dict:
     methods = reconstructors(args, train, grid)
     initial = {name: [] for name in ["truth", *methods]}
     recon_s = {name: 0.0 for name in initial}
+    readings = []
     for s in starts:
         op = ObservationOperator(grid, random_sensors(count, grid.length, g))
         y = op(truth[s][None]) + args.noise * rms * torch.randn(1, count, generator=g, dtype=torch.float64)
+        readings.append((y, op))
         initial["truth"].append(truth[s][None])
         for name, f in methods.items():
             tick = time.perf_counter()
@@ -108,24 +117,60 @@ def run(args) -> dict:
                         "reconstruct_s": recon_s[name] / len(starts), "simulate_s": sim_s / len(starts)}
         print(f"{name:12s} rel_l2 at h=0 {curves[name]['rel_l2'][0]:.3f}, h={args.horizon} "
               f"{curves[name]['rel_l2'][-1]:.3f}", flush=True)
+    if args.vq_checkpoint != "none":
+        curves.update(latent_forecasts(args.vq_checkpoint, grid, truth, starts, readings, target))
     return {"data": str(args.data), "sensors": count, "fraction_pct": args.fraction, "noise": args.noise,
             "starts": starts.tolist(), "frame_dt": interval, "solver_dt": dt, "checkpoint": args.checkpoint,
-            "curves": curves}
+            "vq_checkpoint": args.vq_checkpoint, "curves": curves}
+
+
+@torch.no_grad()
+def latent_forecasts(path, grid, truth, starts, readings, target) -> dict:
+    """Curves of ``vq_forecast`` from the sensors (``readings``: ``(y, operator)`` per start) and from the
+    exact start frames' codes: ``rel_l2`` per horizon against ``target`` ``(start, horizon, x, y)``."""
+    from latent.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, grid=(grid.n, grid.length))
+    model, norm = ckpt.build_model("cpu", torch.float32).eval(), ckpt.normalization
+    horizon, out = target.shape[1] - 1, {}
+    for name in ("vq_forecast", "vq_forecast_truth"):
+        codes, encode_s, forecast_s = [], 0.0, 0.0
+        for s, (y, op) in zip(starts, readings):
+            tick = time.perf_counter()
+            if name == "vq_forecast":
+                codes.append(model.codes_from_sensors(norm.state(y).float(), (op.positions / grid.length).float()))
+            else:
+                codes.append(model.autoencoder.codes(norm.state(truth[s][None]).float()))
+            encode_s += time.perf_counter() - tick
+        tick = time.perf_counter()
+        start = torch.cat(codes)
+        frames = model.fields(torch.cat([start[:, None], model.forecast(start, horizon)], 1))
+        forecast_s = time.perf_counter() - tick
+        frames = frames.double() * norm.state_std + norm.state_mean
+        out[name] = {"rel_l2": [float(rel_l2(frames[:, h], target[:, h])) for h in range(horizon + 1)],
+                     "persist": [float(rel_l2(frames[:, 0], target[:, h])) for h in range(horizon + 1)],
+                     "reconstruct_s": encode_s / len(starts), "simulate_s": forecast_s / len(starts),
+                     "forecast": "latent"}
+        print(f"{name:12s} rel_l2 at h=0 {out[name]['rel_l2'][0]:.3f}, h={horizon} {out[name]['rel_l2'][-1]:.3f}",
+              flush=True)
+    return out
 
 
 def table(results: dict) -> str:
     horizons = [h for h in SHOW if h < len(next(iter(results["curves"].values()))["rel_l2"])]
     head = " | ".join(f"h={h}" for h in horizons)
     lines = [f"{results['sensors']} sensors ({results['fraction_pct']:g} %), noise {results['noise']:g}, "
-             f"{len(results['starts'])} starts; a frame is {results['frame_dt']:g} time units\n",
-             f"| initial state | forecast | {head} | s / forecast (reconstruct + simulate) |",
+             f"{len(results['starts'])} starts; a frame is {results['frame_dt']:g} time units; vq_forecast rows: "
+             f"codes from the sensors (vq_forecast) or from the exact state (vq_forecast_truth), then the latent "
+             f"forecast (no solver)\n",
+             f"| initial state | forecast | {head} | s / forecast (reconstruct + simulate or latent forecast) |",
              "|---|---|" + "---|" * len(horizons) + "---|"]
     for name, c in results["curves"].items():
         cost = f"{c['reconstruct_s']:.3g} + {c['simulate_s']:.3g}"
         for kind in ("rel_l2", "persist"):
             if kind == "persist" and name == "truth":
                 continue
-            label = "solver" if kind == "rel_l2" else "persistence"
+            label = c.get("forecast", "solver") if kind == "rel_l2" else "persistence"
             values = " | ".join(f"{c[kind][h]:.3f}" for h in horizons)
             lines.append(f"| {name} | {label} | {values} | {cost if kind == 'rel_l2' else '—'} |")
     return "\n".join(lines) + "\n"
@@ -139,11 +184,11 @@ def figure(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, c in results["curves"].items():
-        line, = ax.plot(c["rel_l2"], label=f"{name} + solver")
+        line, = ax.plot(c["rel_l2"], label=f"{name} + {c.get('forecast', 'solver')}")
         if name != "truth":
             ax.plot(c["persist"], ls=":", color=line.get_color(), label=f"{name}, persistence")
     ax.set(xlabel="horizon (frames)", ylabel="rel_l2", yscale="log",
-           title=f"reconstruct-then-simulate, {results['sensors']} sensors")
+           title=f"reconstruct-then-simulate vs latent, {results['sensors']} sensors")
     ax.legend(fontsize=7)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
@@ -155,9 +200,11 @@ def figure(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for path, how in ((args.data, "python train_closure.py generate --config configs/data_e1_small.yaml"),
-                      (args.checkpoint, "python train_closure.py train --closure sparse_recon --data DATA")):
+                      (args.checkpoint, "python train_closure.py train --closure sparse_recon --data DATA"),
+                      (args.vq_checkpoint, "python train_closure.py train --closure vq_forecast --data DATA "
+                                           "--out runs/vq_forecast_e1_small")):
         if path != "none" and not Path(path).is_file():
-            print(f"error: {path} does not exist; make it with `{how}` (or --checkpoint none)")
+            print(f"error: {path} does not exist; make it with `{how}` (or give 'none')")
             return 2
     results = run(args)
     text = table(results)

@@ -42,9 +42,11 @@ class VectorQuantizer(nn.Module):
     """Nearest-code quantisation of vectors ``(..., dim)`` with a straight-through gradient (van den Oord
     et al. 2017); the codebook ``(codes, dim)`` is not trained by gradients but follows the mean of its
     assigned vectors by exponential moving averages (``decay``), is initialised from the first training
-    batch, and a code unused for a while (EMA count below ``restart``) restarts at a random current vector."""
+    batch, and a code unused for a while (its EMA count of vectors per batch below ``restart`` x the mean
+    count) restarts at a random current vector: at decay 0.99 a code left unused restarts after ~120
+    steps. (Without restarts, E1 at 512 codes used ~15 of them after 300 steps.)"""
 
-    def __init__(self, codes: int, dim: int, decay: float = 0.99, restart: float = 1e-3, eps: float = 1e-5) -> None:
+    def __init__(self, codes: int, dim: int, decay: float = 0.99, restart: float = 0.3, eps: float = 1e-5) -> None:
         super().__init__()
         self.codes, self.dim, self.decay, self.restart, self.eps = codes, dim, decay, restart, eps
         self.register_buffer("codebook", torch.randn(codes, dim))
@@ -77,8 +79,8 @@ class VectorQuantizer(nn.Module):
     def _initialize(self, flat: torch.Tensor) -> None:
         pick = torch.randint(len(flat), (self.codes,), device=flat.device)
         self.codebook.copy_(flat[pick])
-        self.sums.copy_(flat[pick])
-        self.counts.fill_(1.0)
+        self.sums.copy_(flat[pick] * (len(flat) / self.codes))
+        self.counts.fill_(len(flat) / self.codes)
         self.initialized.fill_(1)
 
     @torch.no_grad()
@@ -89,12 +91,13 @@ class VectorQuantizer(nn.Module):
         total = self.counts.sum()
         counts = (self.counts + self.eps) / (total + self.codes * self.eps) * total  # Laplace smoothing
         self.codebook.copy_(self.sums / counts[:, None])
-        dead = self.counts < self.restart
+        mean = len(flat) / self.codes
+        dead = self.counts < self.restart * mean
         if dead.any():
             pick = torch.randint(len(flat), (int(dead.sum()),), device=flat.device)
             self.codebook[dead] = flat[pick]
-            self.sums[dead] = flat[pick]
-            self.counts[dead] = 1.0
+            self.sums[dead] = flat[pick] * mean
+            self.counts[dead] = mean
 
     def usage(self, index: torch.Tensor) -> float:
         """Perplexity of the code histogram of ``index`` over the codebook size: 1 when every code is used equally."""

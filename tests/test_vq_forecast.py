@@ -155,22 +155,22 @@ def _travelling_pairs(path, n=32, traj=8, times=10):
 
 def test_two_phase_training_through_the_pipeline_learns_the_codes_and_their_motion(tmp_path):
     data = _travelling_pairs(tmp_path / "pairs.h5")
-    kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in {**TINY, "ae_epochs": 30, "windows": 4}.items()) + "}"
+    kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in {**TINY, "ae_epochs": 40, "windows": 4}.items()) + "}"
     with torch.random.fork_rng():
         code = train_closure.main(["train", "--closure", "vq_forecast", "--data", str(data), "--out",
-                                   str(tmp_path / "run"), "--quiet", "--epochs", "100", "--set",
+                                   str(tmp_path / "run"), "--quiet", "--epochs", "110", "--set",
                                    f"model.kwargs={kwargs}", "--set", "batch_size=6", "--set", "optimizer.lr=3e-3",
                                    "--set", "schedule.kind=none"])
     assert code == 0
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
-    recon = [float(r["train_recon"]) for r in rows[:30]]  # training terms: 6 trajectories do not generalise
-    forecast = [float(r["train_forecast_ce"]) for r in rows[30:]]
-    sensor = [float(r["train_sensor_ce"]) for r in rows[30:]]
-    assert recon[-1] < 0.8 * recon[0]  # phase 1 learns to reconstruct (~0.68 of the first epoch's MSE)
-    assert forecast[0] > 0.9 * math.log(16) and forecast[-1] < 0.5 * forecast[0]  # phase 2: the motion (~0.36)
-    assert sensor[-1] < 0.75 * sensor[0]  # and the codes from 8..32 sensors (~0.63)
+    recon = [float(r["train_recon"]) for r in rows[:40]]  # training terms: 6 trajectories do not generalise
+    forecast = [float(r["train_forecast_ce"]) for r in rows[40:]]
+    sensor = [float(r["train_sensor_ce"]) for r in rows[40:]]
+    assert np.mean(recon[-3:]) < 0.7 * recon[0]  # phase 1 learns to reconstruct
+    assert forecast[0] > 0.9 * math.log(16) and forecast[-1] < 0.5 * forecast[0]  # phase 2: the motion
+    assert sensor[-1] < 0.75 * sensor[0]  # and the codes from 8..32 sensors
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
-    assert ckpt.closure == "vq_forecast" and ckpt.epoch > 30
+    assert ckpt.closure == "vq_forecast" and ckpt.epoch > 40
 
 
 def _plugin_setup(tmp_path, frames=4, **options):
