@@ -12,8 +12,11 @@ mean over fields) and milliseconds per field:
   field), and for gappy POD ``qr`` (pivoted-QR grid points of the basis, fixed);
 - noise: 0 and ``--noise`` (default 0.1) times the fields' RMS, additive Gaussian;
 - methods: ``cubic`` (periodic Clough-Tocher), ``fourier`` (ridge fit of the modes ``|k| <= m`` with
-  ``(2m+1)^2 <= sensors / 2``), ``gappy_pod`` (``sensors // 2`` modes, at most 100, Tikhonov ridge),
-  ``sparse_recon`` (the learned model of ``--checkpoint``, one model for every count and layout).
+  ``(2m+1)^2 <= sensors / 2``), ``gappy_pod`` (``sensors // 2`` modes, at most 100, Tikhonov ridge
+  1e-3), ``gappy_pod_posterior`` (50 modes, the posterior mean for the known noise level:
+  :func:`latent.pod.posterior_ridge`; more modes change it by < 0.01 with noise), ``sparse_recon``
+  (the learned model of ``--checkpoint``, one model for every count and layout), ``vq_forecast`` (the
+  sensor encoder of ``--vq-checkpoint``: the dense field's codes from the sensors, decoded).
 
 For ``sparse_recon`` the table also gives the calibration of its uncertainty: ``coverage90``, the
 fraction of grid values inside the predicted central 90 % band (mean +- 1.645 std; calibrated: 0.90),
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latent.pod import fit_pod, gappy_reconstruct, qr_sensors
+from latent.pod import fit_pod, gappy_reconstruct, posterior_ridge, qr_sensors
 from latent.sparse_recon import Z90
 from solvers.grid import Grid
 from solvers.io import write_results
@@ -41,6 +44,8 @@ from solvers.reconstruction import cubic_interpolate, fourier_fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHIPPED = Path(__file__).resolve().parent.parent / "closure" / "checkpoints" / "sparse_recon_e1_small.pt"
+VQ_DEFAULT = Path("runs/vq_forecast_e1_small/best.pt")
+POSTERIOR_MODES = 50
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshots", type=int, default=2000, help="train states used for the POD basis")
     p.add_argument("--checkpoint", default=str(SHIPPED),
                    help="sparse_recon checkpoint (train_closure.py train --closure sparse_recon); 'none' skips it")
+    p.add_argument("--vq-checkpoint", default=str(VQ_DEFAULT),
+                   help="vq_forecast checkpoint (its sensor encoder + decoder reconstruct); 'none' skips it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=RESULTS / "reconstruction.json", help="results file")
     return p
@@ -84,6 +91,22 @@ def load_learned(path: str, grid: Grid):
     return reconstruct
 
 
+def load_vq(path: str, grid: Grid):
+    """``reconstruct(values (1, sensors), operator) -> (1, x, y)`` by a vq_forecast checkpoint's sensor
+    encoder (most likely codes) and decoder."""
+    from latent.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, grid=(grid.n, grid.length))
+    model, norm = ckpt.build_model("cpu", torch.float32).eval(), ckpt.normalization
+
+    @torch.no_grad()
+    def reconstruct(values, op):
+        codes = model.codes_from_sensors(norm.state(values).float(), (op.positions / grid.length).float())
+        return model.fields(codes).double() * norm.state_std + norm.state_mean
+
+    return reconstruct
+
+
 def _score(rec, w, std=None) -> dict:
     out = {"rel_l2": float((rec[0] - w).norm() / w.norm())}
     if std is not None:
@@ -102,6 +125,7 @@ def run(args) -> dict:
     pick = np.linspace(0, len(train.state) - 1, min(args.snapshots, len(train.state))).round().astype(int)
     full = fit_pod(train.state[pick].double(), min(100, len(pick)))
     learned = None if args.checkpoint == "none" else load_learned(args.checkpoint, grid)
+    vq = None if args.vq_checkpoint == "none" else load_vq(args.vq_checkpoint, grid)
     fields = test.state[np.linspace(0, len(test.state) - 1, args.fields).round().astype(int)].double()
     rms = float(fields.pow(2).mean().sqrt())
     g = torch.Generator().manual_seed(args.seed)
@@ -109,11 +133,15 @@ def run(args) -> dict:
     for fraction in args.fractions:
         count = max(3, round(fraction / 100 * n * n))
         k = min(100, max(1, count // 2))
-        basis = type(full)(full.mean, full.modes[:k], full.energy[:k], full.shape)
+        basis, prior = full.truncate(k), full.truncate(min(POSTERIOR_MODES, len(pick)))
         methods = {**INTERPOLATIONS,
-                   "gappy_pod": lambda v, op: gappy_reconstruct(basis, v, op.matrix().double(), ridge=1e-3)}
+                   "gappy_pod": lambda v, op: gappy_reconstruct(basis, v, op.matrix().double(), ridge=1e-3),
+                   "gappy_pod_posterior": lambda v, op: gappy_reconstruct(
+                       prior, v, op.matrix().double(), ridge=posterior_ridge(prior, (noise * rms) ** 2))}
         if learned is not None:
             methods["sparse_recon"] = learned
+        if vq is not None:
+            methods["vq_forecast"] = vq
         fixed = random_sensors(count, length, g)
         qr = grid_positions(grid, qr_sensors(basis, count))
         for noise in (0.0, args.noise):
@@ -135,12 +163,13 @@ def run(args) -> dict:
                     print(f"{fraction:5.2f}% {count:4d} noise {noise:.2f} {layout:8s} {name:12s} "
                           f"rel_l2 {rows[-1]['rel_l2']:.3f}", flush=True)
     return {"data": str(args.data), "grid_n": n, "fields": args.fields, "field_rms": rms,
-            "checkpoint": args.checkpoint, "rows": rows}
+            "checkpoint": args.checkpoint, "vq_checkpoint": args.vq_checkpoint, "rows": rows}
 
 
 def _row(fraction, count, noise, layout, name, per_field, k) -> dict:
     mean = {key: float(np.mean([f[key] for f in per_field])) for key in per_field[0]}
-    detail = {"fourier": f"modes {_fourier_modes(count)}", "gappy_pod": f"{k} POD modes"}.get(name, "")
+    detail = {"fourier": f"modes {_fourier_modes(count)}", "gappy_pod": f"{k} POD modes",
+              "gappy_pod_posterior": f"{POSTERIOR_MODES} POD modes"}.get(name, "")
     return {"fraction_pct": fraction, "sensors": count, "noise": noise, "layout": layout, "method": name,
             "rel_l2": mean["rel_l2"], "rel_l2_std": float(np.std([f["rel_l2"] for f in per_field])),
             "ms_per_field": 1e3 * mean["seconds"], "coverage90": mean.get("coverage90"),
@@ -166,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint != "none" and not Path(args.checkpoint).is_file():
         print(f"error: sparse_recon checkpoint {args.checkpoint} does not exist; train one with `python "
               f"train_closure.py train --closure sparse_recon --data {args.data}` or pass --checkpoint none")
+        return 2
+    if args.vq_checkpoint != "none" and not Path(args.vq_checkpoint).is_file():
+        print(f"error: vq_forecast checkpoint {args.vq_checkpoint} does not exist; train one with `python "
+              f"train_closure.py train --closure vq_forecast --data {args.data} --out runs/vq_forecast_e1_small` "
+              f"or pass --vq-checkpoint none")
         return 2
     results = run(args)
     text = table(results)

@@ -71,28 +71,38 @@ class Interpolation(Reconstruction):
 @register("gappy_pod")
 class GappyPOD(Reconstruction):
     """Gappy POD (Everson & Sirovich 1995) in the leading ``modes`` POD modes of the frames of ``basis``
-    (a project .h5 trajectory on this grid, every member and time), ``ridge`` for noisy sensors."""
+    (a project .h5 trajectory on this grid, every member and time); ``ridge``: Tikhonov weight for noisy
+    sensors, or ``posterior``: the posterior mean under the snapshots' Gaussian prior for the observations'
+    own noise variance (:func:`latent.pod.posterior_ridge`; no tuning)."""
 
     def __init__(self, grid, equation, observations=None, nudge: float = 1.0, basis: str | None = None,
-                 modes: int = 20, ridge: float = 1e-3) -> None:
+                 modes: int = 20, ridge: float | str = 1e-3) -> None:
         super().__init__(grid, equation, observations, nudge)
         from latent.pod import fit_pod, load_snapshots
 
         if basis is None:
             raise ValueError("gappy_pod needs snapshots for its basis: --set closure.options.basis=TRAJECTORY.h5 "
                              "(a run of the same flow, e.g. a simulate.py output)")
+        if isinstance(ridge, str) and ridge != "posterior":
+            raise ValueError(f"gappy_pod ridge must be a number >= 0 or 'posterior', got {ridge!r}")
         self.basis = fit_pod(load_snapshots(basis, grid), modes)
         self.rows = self.observations.operator.matrix().to(torch.float64)  # (sensors, x*y)
-        self.ridge = float(ridge)
+        self.ridge = ridge if ridge == "posterior" else float(ridge)
+        self.noise_var = 0.0
+
+    def analysis(self, X, HX, obs, state):
+        self.noise_var = float(obs.r.mean())
+        return super().analysis(X, HX, obs, state)
 
     @classmethod
     def example_options(cls, truth_path) -> dict:
         return {"basis": str(truth_path), "modes": 1}
 
     def reconstruct(self, y):
-        from latent.pod import gappy_reconstruct
+        from latent.pod import gappy_reconstruct, posterior_ridge
 
-        return gappy_reconstruct(self.basis, y[None].to(torch.float64), self.rows, self.ridge)
+        ridge = posterior_ridge(self.basis, self.noise_var) if self.ridge == "posterior" else self.ridge
+        return gappy_reconstruct(self.basis, y[None].to(torch.float64), self.rows, ridge)
 
 
 @register("sparse_recon")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import TrainableModel, register_model
-from .sparse_recon import SHIFTS, SensorEncoder, draw_sensors, fourier_features, shift_fields
+from . import sparse_recon  # attributes read at call time: sparse_recon may still be importing models
 
 __all__ = ["VectorQuantizer", "ConvVQAutoencoder", "FrameForecaster", "VQForecast", "block_causal_mask"]
 
@@ -213,14 +213,14 @@ class VQForecast(TrainableModel):
         if not (1 <= min_sensors <= max_sensors and context >= 1 and windows >= 1 and frame_dt > 0):
             raise ValueError(f"need 1 <= min_sensors <= max_sensors, context >= 1, windows >= 1, frame_dt > 0; got "
                              f"{min_sensors}, {max_sensors}, {context}, {windows}, {frame_dt}")
-        if shifts not in SHIFTS:
-            raise ValueError(f"unknown shifts {shifts!r}; choose one of {list(SHIFTS)}")
+        if shifts not in sparse_recon.SHIFTS:
+            raise ValueError(f"unknown shifts {shifts!r}; choose one of {list(sparse_recon.SHIFTS)}")
         self.n, self.length, self.frame_dt, self.tokens = n, float(length), float(frame_dt), tokens
         self.min_sensors, self.max_sensors, self.noise = min_sensors, max_sensors, noise
         self.context, self.ae_epochs, self.windows = context, ae_epochs, windows
         self.commitment, self.shifts, self.frequencies = commitment, shifts, frequencies
         self.autoencoder = ConvVQAutoencoder(n, tokens, dim, width, codes)
-        self.sensors = SensorEncoder(tokens * tokens, sensor_width, heads, sensor_blocks, frequencies, 1.0)
+        self.sensors = sparse_recon.SensorEncoder(tokens * tokens, sensor_width, heads, sensor_blocks, frequencies, 1.0)
         self.token_query = nn.Linear(4 * frequencies, sensor_width)  # the token's centre, added to its latent
         self.sensor_head = nn.Sequential(nn.LayerNorm(sensor_width), nn.Linear(sensor_width, codes))
         self.forecaster = FrameForecaster(codes, tokens * tokens, context, forecast_width, forecast_layers, heads)
@@ -250,7 +250,7 @@ class VQForecast(TrainableModel):
         ``(batch, sensors)`` at ``positions`` (box units, ``(batch, sensors, 2)`` or ``(sensors, 2)``)."""
         z = self.sensors(values, positions, pad)
         centres = (torch.arange(self.tokens, device=z.device, dtype=z.dtype) + 0.5) / self.tokens
-        z = z + self.token_query(fourier_features(torch.cartesian_prod(centres, centres), 1.0, self.frequencies))
+        z = z + self.token_query(sparse_recon.fourier_features(torch.cartesian_prod(centres, centres), 1.0, self.frequencies))
         return self.sensor_head(z).reshape(z.shape[0], self.tokens, self.tokens, -1)
 
     def codes_from_sensors(self, values, positions, pad=None) -> torch.Tensor:
@@ -311,7 +311,7 @@ class VQForecast(TrainableModel):
         """``state`` ``(batch, time, x, y)`` normalised trajectories; ``target`` (parameters) is not used."""
         if state.dim() != 4:
             raise ValueError(f"vq_forecast trains on trajectories (batch, time, x, y), got {tuple(state.shape)}")
-        state = shift_fields(state, self.shifts)
+        state = sparse_recon.shift_fields(state, self.shifts)
         return self._autoencoder_loss(state) if self.phase == 1 else self._code_loss(state)
 
     def _windows(self, w: torch.Tensor, length: int) -> torch.Tensor:
@@ -337,7 +337,7 @@ class VQForecast(TrainableModel):
             codes = self.autoencoder.codes(win.flatten(0, 1)).reshape(B, L, -1)  # (B, L, tokens^2)
         forecast = F.cross_entropy(self.forecaster(codes[:, :-1]).flatten(0, 2), codes[:, 1:].flatten())
         frames, truth = win[:, 0], codes[:, 0]
-        values, positions, pad = draw_sensors(frames, self.min_sensors, self.max_sensors, self.noise, 1.0)
+        values, positions, pad = sparse_recon.draw_sensors(frames, self.min_sensors, self.max_sensors, self.noise, 1.0)
         logits = self.encode_sensors(values, positions, pad).flatten(1, 2)  # (B, tokens^2, codes)
         sensor = F.cross_entropy(logits.flatten(0, 1), truth.flatten())
         accuracy = (logits.argmax(-1) == truth).to(w.dtype).mean()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from latent.pod import fit_pod, gappy_reconstruct, qr_sensors
@@ -48,3 +49,27 @@ def test_held_out_band_limited_fields_are_recovered_from_as_many_qr_sensors_as_d
     rows = torch.eye(32 * 32, dtype=torch.float64)[qr_sensors(basis, dim)]
     rec = gappy_reconstruct(basis, held_out.reshape(5, -1) @ rows.T, rows)
     assert float((rec - held_out).norm() / held_out.norm()) < 1e-8
+
+
+def test_posterior_ridge_gives_the_gaussian_posterior_mean_and_tracks_dropped_variance():
+    """With every mode kept, gappy POD at ``posterior_ridge`` equals the Gaussian conditional mean (kriging)
+    ``m + C H^T (H C H^T + s^2 I)^-1 (y - H m)`` with the snapshots' covariance ``C``; truncation moves the
+    dropped modes' variance into ``tail``."""
+    from latent.pod import posterior_ridge
+
+    grid = Grid(16, 2 * math.pi, dtype=torch.float64)
+    snaps = _snapshots(grid, count=30)
+    basis = fit_pod(snaps, modes=29)  # 30 snapshots: 29 nonzero modes, nothing left out
+    assert basis.tail < 1e-12
+    flat = snaps.reshape(30, -1)
+    C = torch.cov(flat.T)  # (x*y, x*y), rank 29
+    op = ObservationOperator(grid, random_sensors(12, grid.length, torch.Generator().manual_seed(3)))
+    H, noise_var = op.matrix(), 0.05
+    y = op(snaps[:2] + 0.3) + 0.2
+    kriging = basis.mean + (C @ H.T @ torch.linalg.solve(H @ C @ H.T + noise_var * torch.eye(12, dtype=torch.float64),
+                                                        (y - H @ basis.mean).T)).T
+    ours = gappy_reconstruct(basis, y, H, posterior_ridge(basis, noise_var))
+    torch.testing.assert_close(ours.reshape(2, -1), kriging, rtol=1e-7, atol=1e-8)
+    small = basis.truncate(5)
+    assert small.tail == pytest.approx(float(basis.energy[5:].sum()) / flat.shape[1], rel=1e-12)
+    assert posterior_ridge(small, noise_var) == pytest.approx(noise_var + small.tail)

@@ -84,3 +84,20 @@ def test_letkf_nudge_is_a_fraction_of_the_analysis_increment(tmp_path):
     assert torch.allclose(third, ens + (full - ens) / 3, atol=1e-10)
     with pytest.raises(ValueError, match="nudge"):
         make_plugin("enkf", grid, eq, observations=obs, nudge=1.5)
+
+
+def test_gappy_pod_posterior_ridge_uses_the_observations_noise(tmp_path):
+    from latent.pod import fit_pod, gappy_reconstruct, load_snapshots, posterior_ridge
+
+    grid, eq, truth, times, obs = _setup(tmp_path, sensors="random:20", noise=0.3)
+    plugin = make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "truth.h5"), modes=4,
+                         ridge="posterior")
+    out = _call(plugin, grid, eq, torch.zeros(1, 32, 32, dtype=torch.float64), times[2])
+    basis = fit_pod(load_snapshots(str(tmp_path / "truth.h5"), grid), 4)
+    o = obs.at(times[2])
+    expect = gappy_reconstruct(basis, o.y[None].double(), obs.operator.matrix().double(),
+                               posterior_ridge(basis, float(o.r.mean())))
+    assert float(o.r.mean()) > 0 and basis.tail > 0
+    torch.testing.assert_close(out, expect)
+    with pytest.raises(ValueError, match="'posterior'"):
+        make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "truth.h5"), ridge="auto")
