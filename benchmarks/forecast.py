@@ -12,7 +12,8 @@ the truth over 20 time units when started from the true state) forecasts ``--hor
 starts; ``persist`` holds the reconstruction fixed (the trivial forecast). Initial states:
 
 - ``truth``: the exact state (the solver's own error: the bound);
-- ``sparse_recon`` (``--checkpoint``), ``gappy_pod`` (basis: the train split), ``cubic``.
+- ``sparse_recon`` (``--checkpoint``), ``gappy_pod`` (posterior mean, basis: the train split and
+  shifted copies, see ``reconstruction.py``), ``cubic``.
 
 Against them, the pure-latent forecaster ``vq_forecast`` (``--vq-checkpoint``; seed 001): the same sensors
 give the dense field's codes, its transformer forecasts the codes frame by frame from that one frame, and
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from closure.evaluation import coarse_flow
-from latent.pod import fit_pod, gappy_reconstruct
+from latent.pod import fit_pod, gappy_reconstruct, posterior_ridge
 from reconstruction import SHIPPED, load_learned
 from solvers.diagnostics import rel_l2
 from solvers.io import write_results
@@ -41,6 +42,7 @@ from solvers.pairs import read_pairs
 from solvers.reconstruction import cubic_interpolate
 from solvers.rollout import rollout
 from solvers.setup import build_flow
+from solvers.symmetry import SHIFTS, augment_shifts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHOW = (0, 1, 5, 10, 20, 30)
@@ -58,18 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.1, help="noise standard deviation / field RMS (default 0.1)")
     p.add_argument("--starts", type=int, default=6, help="forecasts, from evenly spaced test frames")
     p.add_argument("--horizon", type=int, default=30, help="frames forecast (0.1 time units each)")
-    p.add_argument("--modes", type=int, default=20, help="gappy POD modes (default 20: sensors // 2 at 1 %%)")
+    p.add_argument("--modes", type=int, default=100, help="gappy POD modes (posterior mean; default 100)")
+    p.add_argument("--shifts", default="diagonal", choices=SHIFTS,
+                   help="symmetry of the flow: gappy POD's snapshots get shifted copies (E1: diagonal)")
+    p.add_argument("--copies", type=int, default=4, help="shifted copies of the snapshots (1: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=RESULTS / "forecast.json", help="results file")
     return p
 
 
-def reconstructors(args, train, grid) -> dict:
-    """name -> ``f(y (1, sensors), operator) -> (1, x, y)``."""
+def reconstructors(args, train, grid, noise_var: float) -> dict:
+    """name -> ``f(y (1, sensors), operator) -> (1, x, y)``; gappy POD: the posterior mean for sensors of
+    noise variance ``noise_var`` in ``--modes`` modes of the train states and shifted copies of them."""
     pick = np.linspace(0, len(train.state) - 1, min(2000, len(train.state))).round().astype(int)
-    basis = fit_pod(train.state[pick].double(), args.modes)
+    snapshots = augment_shifts(train.state[pick].double(), args.shifts, args.copies, args.seed)
+    basis = fit_pod(snapshots, args.modes)
+    ridge = posterior_ridge(basis, noise_var)
     methods = {"cubic": lambda y, op: cubic_interpolate(y, op.positions, grid),
-               "gappy_pod": lambda y, op: gappy_reconstruct(basis, y, op.matrix().double(), ridge=1e-3)}
+               "gappy_pod": lambda y, op: gappy_reconstruct(basis, y, op.matrix().double(), ridge=ridge)}
     if args.checkpoint != "none":
         learned = load_learned(args.checkpoint, grid)
         methods["sparse_recon"] = lambda y, op: learned(y, op)[0]
@@ -90,7 +98,7 @@ def run(args) -> dict:
     count = max(3, round(args.fraction / 100 * grid.n ** 2))
     rms = float(truth.pow(2).mean().sqrt())
     g = torch.Generator().manual_seed(args.seed)
-    methods = reconstructors(args, train, grid)
+    methods = reconstructors(args, train, grid, (args.noise * rms) ** 2)
     initial = {name: [] for name in ["truth", *methods]}
     recon_s = {name: 0.0 for name in initial}
     readings = []

@@ -13,8 +13,9 @@ mean over fields) and milliseconds per field:
 - noise: 0 and ``--noise`` (default 0.1) times the fields' RMS, additive Gaussian;
 - methods: ``cubic`` (periodic Clough-Tocher), ``fourier`` (ridge fit of the modes ``|k| <= m`` with
   ``(2m+1)^2 <= sensors / 2``), ``gappy_pod`` (``sensors // 2`` modes, at most 100, Tikhonov ridge
-  1e-3), ``gappy_pod_posterior`` (50 modes, the posterior mean for the known noise level:
-  :func:`latent.pod.posterior_ridge`; more modes change it by < 0.01 with noise), ``sparse_recon``
+  1e-3), ``gappy_pod_posterior`` (the posterior mean for the known noise level,
+  :func:`latent.pod.posterior_ridge`, in 100 modes of the train states and ``--copies - 1`` copies of them
+  shifted along the flow's symmetry ``--shifts``; 50-300 modes agree within 0.01), ``sparse_recon``
   (the learned model of ``--checkpoint``, one model for every count and layout), ``vq_forecast`` (the
   sensor encoder of ``--vq-checkpoint``: the dense field's codes from the sensors, decoded).
 
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from latent.pod import fit_pod, gappy_reconstruct, posterior_ridge, qr_sensors
+from solvers.symmetry import SHIFTS, augment_shifts
 from latent.sparse_recon import Z90
 from solvers.grid import Grid
 from solvers.io import write_results
@@ -45,7 +47,7 @@ from solvers.reconstruction import cubic_interpolate, fourier_fit
 RESULTS = Path(__file__).resolve().parent / "results"
 SHIPPED = Path(__file__).resolve().parent.parent / "closure" / "checkpoints" / "sparse_recon_e1_small.pt"
 VQ_DEFAULT = Path("runs/vq_forecast_e1_small/best.pt")
-POSTERIOR_MODES = 50
+POSTERIOR_MODES = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshots", type=int, default=2000, help="train states used for the POD basis")
     p.add_argument("--checkpoint", default=str(SHIPPED),
                    help="sparse_recon checkpoint (train_closure.py train --closure sparse_recon); 'none' skips it")
+    p.add_argument("--shifts", default="diagonal", choices=SHIFTS,
+                   help="symmetry of the flow for gappy_pod_posterior's snapshots (E1: diagonal)")
+    p.add_argument("--copies", type=int, default=4, help="shifted copies of the snapshots (1: none)")
     p.add_argument("--vq-checkpoint", default=str(VQ_DEFAULT),
                    help="vq_forecast checkpoint (its sensor encoder + decoder reconstruct); 'none' skips it")
     p.add_argument("--seed", type=int, default=0)
@@ -124,6 +129,8 @@ def run(args) -> dict:
     grid = Grid(n, length, dtype=torch.float64)
     pick = np.linspace(0, len(train.state) - 1, min(args.snapshots, len(train.state))).round().astype(int)
     full = fit_pod(train.state[pick].double(), min(100, len(pick)))
+    augmented = augment_shifts(train.state[pick].double(), args.shifts, args.copies, args.seed)
+    prior = fit_pod(augmented, min(POSTERIOR_MODES, len(augmented)))
     learned = None if args.checkpoint == "none" else load_learned(args.checkpoint, grid)
     vq = None if args.vq_checkpoint == "none" else load_vq(args.vq_checkpoint, grid)
     fields = test.state[np.linspace(0, len(test.state) - 1, args.fields).round().astype(int)].double()
@@ -133,7 +140,7 @@ def run(args) -> dict:
     for fraction in args.fractions:
         count = max(3, round(fraction / 100 * n * n))
         k = min(100, max(1, count // 2))
-        basis, prior = full.truncate(k), full.truncate(min(POSTERIOR_MODES, len(pick)))
+        basis = full.truncate(k)
         methods = {**INTERPOLATIONS,
                    "gappy_pod": lambda v, op: gappy_reconstruct(basis, v, op.matrix().double(), ridge=1e-3),
                    "gappy_pod_posterior": lambda v, op: gappy_reconstruct(
@@ -159,17 +166,18 @@ def run(args) -> dict:
                         rec, std = out if isinstance(out, tuple) else (out, None)
                         scores[name].append({**_score(rec, w, std), "seconds": spent})
                 for name, per_field in scores.items():
-                    rows.append(_row(fraction, count, noise, layout, name, per_field, k))
+                    rows.append(_row(fraction, count, noise, layout, name, per_field, k, prior.modes.shape[0]))
                     print(f"{fraction:5.2f}% {count:4d} noise {noise:.2f} {layout:8s} {name:12s} "
                           f"rel_l2 {rows[-1]['rel_l2']:.3f}", flush=True)
     return {"data": str(args.data), "grid_n": n, "fields": args.fields, "field_rms": rms,
-            "checkpoint": args.checkpoint, "vq_checkpoint": args.vq_checkpoint, "rows": rows}
+            "checkpoint": args.checkpoint, "vq_checkpoint": args.vq_checkpoint, "shifts": args.shifts,
+            "copies": args.copies, "rows": rows}
 
 
-def _row(fraction, count, noise, layout, name, per_field, k) -> dict:
+def _row(fraction, count, noise, layout, name, per_field, k, prior_modes) -> dict:
     mean = {key: float(np.mean([f[key] for f in per_field])) for key in per_field[0]}
     detail = {"fourier": f"modes {_fourier_modes(count)}", "gappy_pod": f"{k} POD modes",
-              "gappy_pod_posterior": f"{POSTERIOR_MODES} POD modes"}.get(name, "")
+              "gappy_pod_posterior": f"{prior_modes} POD modes, shifted snapshots"}.get(name, "")
     return {"fraction_pct": fraction, "sensors": count, "noise": noise, "layout": layout, "method": name,
             "rel_l2": mean["rel_l2"], "rel_l2_std": float(np.std([f["rel_l2"] for f in per_field])),
             "ms_per_field": 1e3 * mean["seconds"], "coverage90": mean.get("coverage90"),

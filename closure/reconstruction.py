@@ -73,10 +73,12 @@ class GappyPOD(Reconstruction):
     """Gappy POD (Everson & Sirovich 1995) in the leading ``modes`` POD modes of the frames of ``basis``
     (a project .h5 trajectory on this grid, every member and time); ``ridge``: Tikhonov weight for noisy
     sensors, or ``posterior``: the posterior mean under the snapshots' Gaussian prior for the observations'
-    own noise variance (:func:`latent.pod.posterior_ridge`; no tuning)."""
+    own noise variance (:func:`latent.pod.posterior_ridge`; no tuning); ``shifts`` / ``copies``: add
+    ``copies - 1`` copies of the snapshots shifted along the flow's symmetry
+    (:func:`solvers.symmetry.augment_shifts`; E1 at 1 % sensors: rel_l2 0.11 -> 0.07)."""
 
     def __init__(self, grid, equation, observations=None, nudge: float = 1.0, basis: str | None = None,
-                 modes: int = 20, ridge: float | str = 1e-3) -> None:
+                 modes: int = 20, ridge: float | str = 1e-3, shifts: str = "none", copies: int = 1) -> None:
         super().__init__(grid, equation, observations, nudge)
         from latent.pod import fit_pod, load_snapshots
 
@@ -85,7 +87,9 @@ class GappyPOD(Reconstruction):
                              "(a run of the same flow, e.g. a simulate.py output)")
         if isinstance(ridge, str) and ridge != "posterior":
             raise ValueError(f"gappy_pod ridge must be a number >= 0 or 'posterior', got {ridge!r}")
-        self.basis = fit_pod(load_snapshots(basis, grid), modes)
+        from solvers.symmetry import augment_shifts
+
+        self.basis = fit_pod(augment_shifts(load_snapshots(basis, grid), shifts, int(copies)), modes)
         self.rows = self.observations.operator.matrix().to(torch.float64)  # (sensors, x*y)
         self.ridge = ridge if ridge == "posterior" else float(ridge)
         self.noise_var = 0.0

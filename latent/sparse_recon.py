@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from solvers.observation import sample_fields
+from solvers.symmetry import SHIFTS, shift_fields  # noqa: F401  (re-exported)
 
 from .models import TrainableModel, register_model
 
 __all__ = ["fourier_features", "SensorEncoder", "SparseRecon", "draw_sensors", "correlated_noise", "shift_fields", "grid_coordinates", "SHIFTS"]
 
-SHIFTS = ("none", "x", "y", "xy", "diagonal")
 Z90 = 1.6448536269514722  # the central 90 % band of a Gaussian is mean +- Z90 std
 
 
@@ -205,18 +205,6 @@ def draw_sensors(state: torch.Tensor, min_sensors: int, max_sensors: int, noise:
     rms = state.pow(2).mean((-2, -1)).sqrt()[:, None]
     level = noise * torch.rand(batch, 1, device=device, dtype=state.dtype)
     return values + level * rms * torch.randn_like(values), positions, pad
-
-
-def shift_fields(w: torch.Tensor, shifts: str) -> torch.Tensor:
-    """Each field of ``w`` ``(batch, x, y)`` rolled by its own random whole number of grid steps along the
-    directions ``shifts`` allows (one of :data:`SHIFTS`)."""
-    if shifts == "none":
-        return w
-    n = w.shape[-1]
-    sx, sy = torch.randint(n, (2, w.shape[0])).tolist()
-    sx = sx if shifts != "y" else [0] * len(sx)
-    sy = {"x": [0] * len(sy), "diagonal": [-s for s in sx]}.get(shifts, sy)
-    return torch.stack([f.roll((a, b), (-2, -1)) for f, a, b in zip(w, sx, sy)])
 
 
 def grid_coordinates(n: int, length: float, like: torch.Tensor) -> torch.Tensor:

@@ -101,3 +101,22 @@ def test_gappy_pod_posterior_ridge_uses_the_observations_noise(tmp_path):
     torch.testing.assert_close(out, expect)
     with pytest.raises(ValueError, match="'posterior'"):
         make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "truth.h5"), ridge="auto")
+
+
+def test_gappy_pod_shifted_snapshots_recover_a_shifted_field_the_plain_basis_misses(tmp_path):
+    """One snapshot and its x-shifts: the plain 1-mode basis cannot hold a shifted copy, the augmented one can."""
+    grid = Grid(32, 2 * math.pi, dtype=torch.float64)
+    eq = NavierStokes2D(grid, nu=1e-2)
+    w = band_limited(grid, 1, 1, 2, 1.0, generator=torch.Generator().manual_seed(0))
+    truth = torch.cat([w, w.roll(5, -2)])  # the second frame: the first moved along x
+    obs = Assimilation.example_observations(tmp_path / "truth.h5", grid, truth, [0.0, 0.1], "random:60", 1e-9)
+    from solvers.io import TrajectoryWriter
+
+    with TrajectoryWriter(tmp_path / "basis.h5", 1, grid.n, {"grid_length": grid.length, "grid_n": grid.n}) as out:
+        out.append(0.0, w.numpy())
+    plain = make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "basis.h5"), modes=1, ridge=0)
+    shifted = make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "basis.h5"), ridge=0,
+                          modes=16, shifts="x", copies=64)
+    start = torch.zeros(1, 32, 32, dtype=torch.float64)
+    err = [float((_call(p, grid, eq, start, 0.1)[0] - truth[1]).norm() / truth[1].norm()) for p in (plain, shifted)]
+    assert err[0] > 0.5 and err[1] < 1e-6
