@@ -50,6 +50,10 @@ class TrainableModel(nn.Module):
         """The closure term for ``state`` (a sample for stochastic models)."""
         raise NotImplementedError
 
+    def fit_data(self, state: torch.Tensor, target: torch.Tensor) -> None:
+        """Called once by the trainer with the normalised train split before training (not on ``--resume``):
+        models with statistics of the data in their buffers (e.g. a POD prior) fit them here."""
+
     def begin_epoch(self, epoch: int) -> bool:
         """Called by the trainer before each epoch (0-based). Returns True when the loss changes its
         definition here (a new training phase), so the best validation loss is reset."""

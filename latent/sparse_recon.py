@@ -22,6 +22,14 @@ band-limited solver fields), adds Gaussian noise of a random level in ``[0, nois
 RMS, and scores ``queries`` random grid points: mean squared error for the mean, plus the Gaussian
 negative log-likelihood of the predicted variance with the mean held fixed (so the variance is fitted to
 the actual error and the mean is not traded for it). All values are in the dataset's normalised units.
+
+Statistical prior (``prior_modes > 0``): the network learns a correction to the Gaussian posterior mean of
+the field given the sensors (gappy POD in ``prior_modes`` POD modes of the training states and
+``prior_copies - 1`` copies shifted along ``shifts``, noise variance ``prior_noise^2`` plus the modes'
+left-out variance: :func:`latent.pod.posterior_ridge`), fitted once from the training split
+(:meth:`SparseRecon.fit_data`, called by the pipeline) and stored in the checkpoint. Each token then
+carries the reading and its residual from the prior at that sensor, and the decoder's mean is the prior's
+value at the query plus the network's output. The prior is exact off the grid (Fourier series of the modes).
 """
 from __future__ import annotations
 
@@ -72,23 +80,27 @@ class SensorEncoder(nn.Module):
     ``MLP([value, phi(p), value phi(p)])``, read by cross-attention into a learned array, then ``blocks``
     self-attention layers. Order-free and any count (padding masked); positions in a box of side ``length``."""
 
-    def __init__(self, latents: int, width: int, heads: int, blocks: int, frequencies: int, length: float = 1.0) -> None:
+    def __init__(self, latents: int, width: int, heads: int, blocks: int, frequencies: int, length: float = 1.0,
+                 channels: int = 1) -> None:
         super().__init__()
         self.length, self.frequencies = float(length), int(frequencies)
         self.latent_array = nn.Parameter(0.02 * torch.randn(latents, width))
-        self.embed_sensor = _mlp(1 + 8 * frequencies, width)
+        self.embed_sensor = _mlp(channels * (1 + 4 * frequencies) + 4 * frequencies, width)
         self.read = CrossBlock(width, heads)
         self.process = nn.ModuleList(
             nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, activation="gelu", batch_first=True,
                                        norm_first=True) for _ in range(blocks))
 
     def forward(self, values: torch.Tensor, positions: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents from ``values`` ``(batch, sensors)`` at ``positions`` ``(batch, sensors, 2)`` or ``(sensors, 2)``;
-        ``pad`` ``(batch, sensors)`` True marks padding. Bad readings raise (see ``_check_sensors``)."""
-        _check_sensors(values, positions, pad)
+        """Latents from ``values`` ``(batch, sensors)`` (or ``(batch, sensors, channels)``) at ``positions``
+        ``(batch, sensors, 2)`` or ``(sensors, 2)``; ``pad`` ``(batch, sensors)`` True marks padding. Bad readings
+        raise (see ``_check_sensors``)."""
+        channels = values[..., None] if values.dim() == 2 else values
+        _check_sensors(channels[..., 0], positions, pad)
         positions = positions.to(values).expand(values.shape[0], -1, -1)
         phi = fourier_features(positions, self.length, self.frequencies)
-        tokens = self.embed_sensor(torch.cat([values[..., None], phi, values[..., None] * phi], -1))
+        products = (channels[..., :, None] * phi[..., None, :]).flatten(-2)
+        tokens = self.embed_sensor(torch.cat([channels, phi, products], -1))
         z = self.read(self.latent_array.expand(values.shape[0], -1, -1), tokens, pad)
         for block in self.process:
             z = block(z)
@@ -116,7 +128,8 @@ class SparseRecon(TrainableModel):
 
     def __init__(self, latents: int = 64, width: int = 64, heads: int = 4,
                  blocks: int = 2, frequencies: int = 16, min_sensors: int = 8, max_sensors: int = 160,
-                 noise: float = 0.1, queries: int = 1024, shifts: str = "none") -> None:
+                 noise: float = 0.1, queries: int = 1024, shifts: str = "none", prior_modes: int = 0,
+                 prior_noise: float = 0.05, prior_copies: int = 4, n: int = 64) -> None:
         super().__init__()
         if not 1 <= min_sensors <= max_sensors:
             raise ValueError(f"need 1 <= min_sensors <= max_sensors, got {min_sensors}, {max_sensors}")
@@ -125,10 +138,21 @@ class SparseRecon(TrainableModel):
             raise ValueError(f"unknown shifts {shifts!r}; choose one of {list(SHIFTS)}")
         self.min_sensors, self.max_sensors, self.noise, self.queries = min_sensors, max_sensors, noise, queries
         self.shifts = shifts
-        self.sensors = SensorEncoder(latents, width, heads, blocks, frequencies, self.length)
+        self.prior_modes, self.prior_noise, self.prior_copies = int(prior_modes), float(prior_noise), int(prior_copies)
+        if self.prior_modes:
+            self.register_buffer("prior_mean", torch.zeros(n, n))
+            self.register_buffer("prior_basis", torch.zeros(self.prior_modes, n, n))
+            self.register_buffer("prior_energy", torch.ones(self.prior_modes))
+            self.register_buffer("prior_tail", torch.zeros(()))
+        self.sensors = SensorEncoder(latents, width, heads, blocks, frequencies, self.length,
+                                     channels=2 if self.prior_modes else 1)
         self.embed_query = _mlp(4 * frequencies, width)
         self.write = CrossBlock(width, heads)
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2))
+        if self.prior_modes:  # the untrained model is the prior itself: its correction starts at zero
+            with torch.no_grad():
+                self.head[1].weight[0].zero_()
+                self.head[1].bias[0].zero_()
         self._register_load_state_dict_pre_hook(_rename_sensor_keys)
 
     # ---- inference ------------------------------------------------------------------------------------------
@@ -138,19 +162,73 @@ class SparseRecon(TrainableModel):
         ``(batch, sensors, 2)`` or ``(sensors, 2)`` in box units ``[0, 1)``; ``pad`` ``(batch, sensors)`` True marks padding."""
         return self.sensors(values, positions, pad)
 
-    def decode(self, z: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance ``(batch, queries)`` at ``coords`` ``(batch, queries, 2)`` or ``(queries, 2)`` (box units)."""
+    def decode(self, z: torch.Tensor, coords: torch.Tensor,
+               prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance ``(batch, queries)`` at ``coords`` ``(batch, queries, 2)`` or ``(queries, 2)`` (box
+        units); ``prior`` ``(batch, queries)``: the prior's values there, added to the mean."""
         coords = coords.to(z).expand(z.shape[0], -1, -1)
         q = self.embed_query(fourier_features(coords, self.length, self.frequencies))
         mean, raw = self.head(self.write(q, z)).unbind(-1)
-        return mean, F.softplus(raw) + 1e-6
+        return (mean if prior is None else mean + prior), F.softplus(raw) + 1e-6
 
     def query(self, values: torch.Tensor, positions: torch.Tensor, coords: torch.Tensor,
               pad: torch.Tensor | None = None, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation ``(batch, queries)`` of the field at ``coords`` from the sensors."""
-        z = self.encode(values, positions, pad)
-        parts = [self.decode(z, c) for c in coords.split(chunk, dim=-2)]
+        z, field = self._encode_with_prior(values, positions, pad)
+        parts = []
+        for c in coords.split(chunk, dim=-2):
+            prior = None if field is None else sample_fields(field, c.to(field), self.length)
+            parts.append(self.decode(z, c, prior))
         return torch.cat([m for m, _ in parts], -1), torch.cat([v for _, v in parts], -1).sqrt()
+
+    def _encode_with_prior(self, values, positions, pad):
+        """Latents and the prior's field ``(batch, n, n)`` (``None`` without a prior)."""
+        if not self.prior_modes:
+            return self.encode(values, positions, pad), None
+        _check_sensors(values, positions, pad)
+        field, at_sensors = self.prior(values, positions, pad)
+        return self.encode(torch.stack([values, values - at_sensors], -1), positions, pad), field
+
+    def prior(self, values: torch.Tensor, positions: torch.Tensor,
+              pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian posterior mean field ``(batch, n, n)`` given the sensors, and its values at them
+        ``(batch, sensors)`` (gappy POD in the stored basis, exact off the grid)."""
+        batch, count = values.shape
+        k, n = self.prior_modes, self.prior_basis.shape[-1]
+        flat = positions.to(values).expand(batch, -1, -1).reshape(-1, 2)
+        fields = torch.cat([self.prior_mean[None], self.prior_basis]).to(values)
+        sampled = sample_fields(fields, flat, self.length).reshape(k + 1, batch, count).permute(1, 2, 0)
+        mean_s, A = sampled[..., 0], sampled[..., 1:]  # (batch, sensors), (batch, sensors, modes)
+        keep = torch.ones_like(values) if pad is None else (~pad).to(values)
+        A, b = A * keep[..., None], (values - mean_s) * keep
+        ridge = self.prior_noise ** 2 + self.prior_tail.to(values)
+        M = A.transpose(1, 2) @ A + torch.diag(ridge / self.prior_energy.to(values).clamp_min(1e-30))
+        c = torch.linalg.solve(M, (A.transpose(1, 2) @ b[..., None]))[..., 0]  # (batch, modes)
+        field = self.prior_mean.to(values) + (c @ self.prior_basis.to(values).reshape(k, -1)).reshape(batch, n, n)
+        return field, mean_s + (A @ c[..., None])[..., 0]
+
+    def fit_data(self, state: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """Fit the prior's basis to the training states ``(samples, x, y)`` (normalised units); no-op without one."""
+        if not self.prior_modes:
+            return
+        from solvers.symmetry import augment_shifts
+
+        from .pod import fit_pod
+
+        if state.shape[-1] != self.prior_basis.shape[-1]:
+            raise ValueError(f"the data's {state.shape[-1]}^2 grid differs from model.kwargs.n = "
+                             f"{self.prior_basis.shape[-1]}; set --set model.kwargs.n={state.shape[-1]}")
+        pick = torch.linspace(0, len(state) - 1, min(2000, len(state))).round().long()
+        snapshots = augment_shifts(state[pick].detach().double().cpu(), self.shifts, self.prior_copies)
+        if len(snapshots) < self.prior_modes:
+            raise ValueError(f"{len(snapshots)} training states cannot give {self.prior_modes} prior modes; lower "
+                             f"model.kwargs.prior_modes")
+        basis = fit_pod(snapshots, self.prior_modes)
+        n = state.shape[-1]
+        self.prior_mean.copy_(basis.mean.reshape(n, n))
+        self.prior_basis.copy_(basis.modes.reshape(-1, n, n))
+        self.prior_energy.copy_(basis.energy)
+        self.prior_tail.fill_(basis.tail)
 
     def reconstruct(self, values: torch.Tensor, positions: torch.Tensor, n: int,
                     pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +261,9 @@ class SparseRecon(TrainableModel):
         index = torch.randint(n * n, (batch, min(self.queries, n * n)), device=state.device)
         coords = grid_coordinates(n, self.length, state)[index]
         truth = state.reshape(batch, -1).gather(1, index)
-        mean, var = self.decode(self.encode(values, positions, pad), coords)
+        z, field = self._encode_with_prior(values, positions, pad)
+        prior = None if field is None else field.reshape(batch, -1).gather(1, index)  # on the grid: exact
+        mean, var = self.decode(z, coords, prior)
         mse = (mean - truth).pow(2).mean()
         nll = 0.5 * (var.log() + (truth - mean.detach()).pow(2) / var).mean()
         return mse + nll, {"mse": mse.detach(), "nll": nll.detach()}

@@ -316,6 +316,8 @@ def prepare(args: argparse.Namespace) -> Job:
     data, meta = _load_data(cfg, device, dtype)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, **cfg.model.kwargs).to(device, dtype)
+    if not args.resume:
+        model.fit_data(*data["train"])  # data statistics in buffers (a warm start or --resume then overrides them)
     if cfg.init_from and not args.resume:
         _warm_start(model, cfg.init_from)
     with torch.no_grad():  # a model that does not fit the data fails here, before any file is written

@@ -212,3 +212,47 @@ def test_shipped_model_matches_its_manifest_and_beats_cubic_on_a_held_out_state(
         ours.append(float((mean[0] * norm.state_std + norm.state_mean - w).norm() / w.norm()))
         cubic.append(float((cubic_interpolate(y, positions, grid)[0] - w).norm() / w.norm()))
     assert np.mean(ours) < np.mean(cubic) and np.mean(ours) < 0.3
+
+
+def _prior_model(grid, seed=0):
+    """A tiny model with a 6-mode POD prior fitted to band-limited snapshots (and x-shifted copies)."""
+    snaps = band_limited(grid, 40, 1, 3, 1.0, generator=torch.Generator().manual_seed(seed))
+    model = tiny_model(prior_modes=6, prior_noise=0.1, prior_copies=2, n=grid.n, shifts="x")
+    model.fit_data(snaps, snaps)
+    return model, snaps
+
+
+@torch.no_grad()
+def test_untrained_prior_model_is_the_gaussian_posterior_of_gappy_pod_on_and_off_the_grid():
+    from latent.pod import fit_pod, gappy_reconstruct, posterior_ridge
+    from solvers.symmetry import augment_shifts
+
+    grid = Grid(16, 1.0, dtype=torch.float64)
+    model, snaps = _prior_model(grid)
+    basis = fit_pod(augment_shifts(snaps, "x", 2), 6)
+    op = ObservationOperator(grid, random_sensors(20, 1.0, torch.Generator().manual_seed(4)))
+    truth = band_limited(grid, 2, 1, 3, 1.0, generator=torch.Generator().manual_seed(9))
+    y = op(truth)
+    expect = gappy_reconstruct(basis, y, op.matrix(), posterior_ridge(basis, 0.1 ** 2))
+    mean, std = model.reconstruct(y, op.positions, 16)
+    torch.testing.assert_close(mean, expect, rtol=1e-8, atol=1e-8)  # the correction starts at zero
+    off = torch.rand(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(model.query(y, op.positions, off)[0], sample_fields(expect, off, 1.0),
+                               rtol=1e-8, atol=1e-8)
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(model.reconstruct(y[:, order], op.positions[order], 16)[0], mean)
+    with pytest.raises(ValueError, match="NaN"):
+        model.reconstruct(torch.full_like(y, math.nan), op.positions, 16)
+
+
+def test_prior_is_fitted_by_the_pipeline_and_travels_in_the_checkpoint(tmp_path):
+    grid, data = _family_pairs(tmp_path / "pairs.h5", traj=6, times=10)
+    kwargs = "{latents: 4, width: 8, heads: 2, blocks: 1, frequencies: 2, prior_modes: 4, n: 32, max_sensors: 24}"
+    with torch.random.fork_rng():
+        code = train_closure.main(["train", "--closure", "sparse_recon", "--data", str(data), "--out",
+                                   str(tmp_path / "run"), "--quiet", "--epochs", "1", "--set", f"model.kwargs={kwargs}"])
+    assert code == 0
+    model = load_checkpoint(tmp_path / "run" / "best.pt").build_model("cpu", torch.float64)
+    assert model.prior_basis.abs().sum() > 0 and (model.prior_energy > 0).all()
+    basis = model.prior_basis.reshape(4, -1)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(4, dtype=torch.float64), atol=1e-5, rtol=0)
