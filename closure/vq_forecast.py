@@ -10,7 +10,9 @@ closure.options.ensemble=first`` re-initialises once, then the solver forecasts)
 solver steps with ``k dt`` dividing ``frame_dt``.
 
 ``temperature``: 0 takes the most likely codes (every member the same forecast); above 0 every member
-samples its own codes (a stochastic ensemble). ``reobserve``: also re-read the sensors at every later
+samples its own codes (a stochastic ensemble): the first frame's with probability ``exp(-|z - e_j|^2 /
+(dim temperature))`` around the sensor encoder's latent ``z``, the forecast's from the softmax of its
+logits over ``temperature``. ``reobserve``: also re-read the sensors at every later
 observation time (a reconstruction, the forecast restarting from it). Observation times log the usual
 scores of :mod:`closure.assimilation` (``rmse_f``: the state before, ``rmse_a``: after).
 """
@@ -55,13 +57,15 @@ class VQForecastPlugin(Reconstruction):
         """Codes of every member from sensor values ``y`` ``(sensors,)``."""
         positions = (self.observations.operator.positions / self.grid.length).to(self.device, torch.float32)
         values = self.norm.state(y.to(self.device, torch.float32))[None]
-        logits = self.model.encode_sensors(values, positions)[0]  # (tokens, tokens, codes)
+        guess = self.model.encode_sensors(values, positions)[0]  # (tokens, tokens, dim)
+        quantizer = self.model.autoencoder.quantizer
         if self.temperature == 0:
-            codes = logits.argmax(-1).expand(members, -1, -1)
-        else:
-            probs = torch.softmax(logits / self.temperature, -1).flatten(0, 1)
+            codes = quantizer.nearest(guess).expand(members, -1, -1)
+        else:  # P(code j) ~ exp(-|guess - e_j|^2 / (dim temperature))
+            dist = (guess[..., None, :] - quantizer.codebook).pow(2).sum(-1)  # (tokens, tokens, codes)
+            probs = torch.softmax(-dist / (quantizer.dim * self.temperature), -1).flatten(0, 1)
             draws = torch.multinomial(probs, members, replacement=True, generator=self.generator)
-            codes = draws.t().reshape(members, *logits.shape[:2])
+            codes = draws.t().reshape(members, *guess.shape[:2])
         self.codes = codes[:, None]
 
     def _fields(self, like: torch.Tensor) -> torch.Tensor:

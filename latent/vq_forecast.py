@@ -5,16 +5,19 @@ on whole trajectories (``samples = "trajectories"``)::
 
     codes  = VQ(encode(w))                 (batch, x, y) -> (batch, tokens, tokens)    dense conv encoder
     w      = decode(codebook[codes])       back to (batch, x, y)                       conv decoder
-    codes  ~ sensors(values, positions)    any sensor set -> logits (batch, T, codes)  SensorEncoder + head
+    codes  = VQ(sensors(values, positions)) any sensor set -> latents (batch, T, T, dim)  SensorEncoder + head
     codes' ~ forecaster(codes_1..codes_k)  the next frame's logits, block-causal       decoder-only transformer
 
 Phase 1 (``epoch < ae_epochs``): the dense VQ autoencoder, reconstruction MSE plus ``commitment`` x the
 commitment loss; the codebook follows its assigned encoder outputs by exponential moving averages with
 dead-code restarts (:class:`VectorQuantizer`). Phase 2: the autoencoder frozen; the sparse encoder learns
-the dense field's code at every token from a random sensor set (count log-uniform in ``[min_sensors,
-max_sensors]``, uniform random off-grid positions, noise up to ``noise`` x RMS: the training draws of
-:class:`~latent.sparse_recon.SparseRecon`), and the forecaster learns the next frame's codes from the
-previous ``context`` frames' (teacher forcing), both by cross-entropy. Phase 2's two parts share no
+the dense encoder's continuous latent at every token from a random sensor set (count log-uniform in
+``[min_sensors, max_sensors]``, uniform random off-grid positions, noise up to ``noise`` x RMS: the training
+draws of :class:`~latent.sparse_recon.SparseRecon`) by mean squared error, and the nearest code of its
+output is the frame's code (seed 001: regress the dense field's features, the VQ bottleneck snaps them; a
+512-way classification of every token from the sensors instead reached 1 % accuracy on E1); the
+forecaster learns the next frame's codes from the previous ``context`` frames' (teacher forcing) by
+cross-entropy. Phase 2's two parts share no
 parameter, so training them together equals training them one after the other.
 
 The forecaster reads a frame as its ``tokens^2`` codes (embedding + learned token position + frame
@@ -222,7 +225,7 @@ class VQForecast(TrainableModel):
         self.autoencoder = ConvVQAutoencoder(n, tokens, dim, width, codes)
         self.sensors = sparse_recon.SensorEncoder(tokens * tokens, sensor_width, heads, sensor_blocks, frequencies, 1.0)
         self.token_query = nn.Linear(4 * frequencies, sensor_width)  # the token's centre, added to its latent
-        self.sensor_head = nn.Sequential(nn.LayerNorm(sensor_width), nn.Linear(sensor_width, codes))
+        self.sensor_head = nn.Sequential(nn.LayerNorm(sensor_width), nn.Linear(sensor_width, dim))
         self.forecaster = FrameForecaster(codes, tokens * tokens, context, forecast_width, forecast_layers, heads)
         self.phase = 1
 
@@ -246,7 +249,7 @@ class VQForecast(TrainableModel):
 
     def encode_sensors(self, values: torch.Tensor, positions: torch.Tensor,
                        pad: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``(batch, tokens, tokens, codes)`` of the dense field's codes from sensor ``values``
+        """The dense encoder's continuous latents ``(batch, tokens, tokens, dim)`` estimated from sensor ``values``
         ``(batch, sensors)`` at ``positions`` (box units, ``(batch, sensors, 2)`` or ``(sensors, 2)``)."""
         z = self.sensors(values, positions, pad)
         centres = (torch.arange(self.tokens, device=z.device, dtype=z.dtype) + 0.5) / self.tokens
@@ -254,8 +257,8 @@ class VQForecast(TrainableModel):
         return self.sensor_head(z).reshape(z.shape[0], self.tokens, self.tokens, -1)
 
     def codes_from_sensors(self, values, positions, pad=None) -> torch.Tensor:
-        """Most likely code indices ``(batch, tokens, tokens)`` from sensors."""
-        return self.encode_sensors(values, positions, pad).argmax(-1)
+        """Code indices ``(batch, tokens, tokens)`` from sensors: the nearest codes to :meth:`encode_sensors`."""
+        return self.autoencoder.quantizer.nearest(self.encode_sensors(values, positions, pad))
 
     def step(self, history: torch.Tensor, generator: torch.Generator | None = None,
              temperature: float = 0.0) -> torch.Tensor:
@@ -337,9 +340,11 @@ class VQForecast(TrainableModel):
             codes = self.autoencoder.codes(win.flatten(0, 1)).reshape(B, L, -1)  # (B, L, tokens^2)
         forecast = F.cross_entropy(self.forecaster(codes[:, :-1]).flatten(0, 2), codes[:, 1:].flatten())
         frames, truth = win[:, 0], codes[:, 0]
+        with torch.no_grad():
+            dense = self.autoencoder.encode(frames)  # (B, tokens, tokens, dim)
         values, positions, pad = sparse_recon.draw_sensors(frames, self.min_sensors, self.max_sensors, self.noise, 1.0)
-        logits = self.encode_sensors(values, positions, pad).flatten(1, 2)  # (B, tokens^2, codes)
-        sensor = F.cross_entropy(logits.flatten(0, 1), truth.flatten())
-        accuracy = (logits.argmax(-1) == truth).to(w.dtype).mean()
-        return forecast + sensor, {"forecast_ce": forecast.detach(), "sensor_ce": sensor.detach(),
+        guess = self.encode_sensors(values, positions, pad)
+        sensor = F.mse_loss(guess, dense) / dense.var().clamp_min(1e-8)
+        accuracy = (self.autoencoder.quantizer.nearest(guess.detach()).flatten(1) == truth).to(w.dtype).mean()
+        return forecast + sensor, {"forecast_ce": forecast.detach(), "sensor_mse": sensor.detach(),
                                    "sensor_acc": accuracy.detach()}

@@ -102,7 +102,7 @@ def test_sensor_encoder_is_order_free_takes_any_count_and_rejects_bad_readings()
     with torch.no_grad():
         a = model.encode_sensors(values, positions)
         torch.testing.assert_close(a, model.encode_sensors(values[:, perm], positions[perm]), rtol=1e-5, atol=1e-5)
-        assert model.encode_sensors(values[:, :5], positions[:5]).shape == (2, 4, 4, 16)
+        assert model.encode_sensors(values[:, :5], positions[:5]).shape == (2, 4, 4, 4)
     with pytest.raises(ValueError, match="at least one sensor"):
         model.encode_sensors(values[:, :0], positions[:0])
     bad = values.clone()
@@ -137,7 +137,7 @@ def test_phase_two_leaves_the_autoencoder_and_its_codebook_untouched():
         loss, terms = model.loss(w)
         loss.backward()
         opt.step()
-    assert set(terms) == {"forecast_ce", "sensor_ce", "sensor_acc"}
+    assert set(terms) == {"forecast_ce", "sensor_mse", "sensor_acc"}
     assert all(p.grad is None for p in model.autoencoder.parameters())
     for key, value in model.autoencoder.state_dict().items():
         assert torch.equal(value, before[key]), key
@@ -165,7 +165,7 @@ def test_two_phase_training_through_the_pipeline_learns_the_codes_and_their_moti
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     recon = [float(r["train_recon"]) for r in rows[:40]]  # training terms: 6 trajectories do not generalise
     forecast = [float(r["train_forecast_ce"]) for r in rows[40:]]
-    sensor = [float(r["train_sensor_ce"]) for r in rows[40:]]
+    sensor = [float(r["train_sensor_mse"]) for r in rows[40:]]
     assert np.mean(recon[-3:]) < 0.7 * recon[0]  # phase 1 learns to reconstruct
     assert forecast[0] > 0.9 * math.log(16) and forecast[-1] < 0.5 * forecast[0]  # phase 2: the motion
     assert sensor[-1] < 0.75 * sensor[0]  # and the codes from 8..32 sensors
