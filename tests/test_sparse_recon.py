@@ -198,7 +198,7 @@ def test_shipped_model_matches_its_manifest_and_beats_cubic_on_a_held_out_state(
     path = SHIPPED / manifest["file"]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == manifest["file_sha256"]
     ckpt = load_checkpoint(path)
-    assert ckpt.closure == "sparse_recon" and path.stat().st_size < 2e6
+    assert ckpt.closure == "sparse_recon" and path.stat().st_size < 3e6  # 0.64 MB of weights + 1.6 MB prior basis
     model, norm = ckpt.build_model("cpu", torch.float32).eval(), ckpt.normalization
     w = torch.from_numpy(np.load(SHIPPED / "e1_small_t30.npy")).double()
     grid = Grid(64, 1.0, dtype=torch.float64)
@@ -211,7 +211,7 @@ def test_shipped_model_matches_its_manifest_and_beats_cubic_on_a_held_out_state(
             mean = model.reconstruct(norm.state(y).float(), positions.float(), 64)[0].double()
         ours.append(float((mean[0] * norm.state_std + norm.state_mean - w).norm() / w.norm()))
         cubic.append(float((cubic_interpolate(y, positions, grid)[0] - w).norm() / w.norm()))
-    assert np.mean(ours) < np.mean(cubic) and np.mean(ours) < 0.3
+    assert np.mean(ours) < 0.5 * np.mean(cubic) and np.mean(ours) < 0.10  # the goal at 1 %
 
 
 def _prior_model(grid, seed=0):
