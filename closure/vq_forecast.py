@@ -13,7 +13,8 @@ solver steps with ``k dt`` dividing ``frame_dt``.
 samples its own codes (a stochastic ensemble): the first frame's with probability ``exp(-|z - e_j|^2 /
 (dim temperature))`` around the sensor encoder's latent ``z``, the forecast's from the softmax of its
 logits over ``temperature``. ``reobserve``: also re-read the sensors at every later
-observation time (a reconstruction, the forecast restarting from it). Observation times log the usual
+observation time (a reconstruction, the forecast restarting from it). ``seed``: the stream of the
+code draws (one stream for all members, each member its own draws from it). Observation times log the usual
 scores of :mod:`closure.assimilation` (``rmse_f``: the state before, ``rmse_a``: after).
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ class VQForecastPlugin(Reconstruction):
     requires_checkpoint: ClassVar[bool] = True
 
     def __init__(self, grid, equation, observations=None, checkpoint: str | None = None, device=None,
-                 temperature: float = 0.0, reobserve: bool = False) -> None:
+                 temperature: float = 0.0, reobserve: bool = False, seed: int = 0) -> None:
         super().__init__(grid, equation, observations, 1.0)
         from .learned import load_plugin_model
 
@@ -51,7 +52,7 @@ class VQForecastPlugin(Reconstruction):
         self.temperature, self.reobserve = float(temperature), bool(reobserve)
         self.codes: torch.Tensor | None = None  # (members, frames, tokens, tokens): the context window
         self.t0, self.frame, self.last_t = 0.0, 0, None
-        self.generator: torch.Generator | None = None
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))  # code draws (temperature > 0)
 
     def _start(self, y: torch.Tensor, members: int) -> None:
         """Codes of every member from sensor values ``y`` ``(sensors,)``."""
@@ -79,9 +80,6 @@ class VQForecastPlugin(Reconstruction):
         if self.codes is None and obs is None:
             return None  # before the first observation the solver runs on
         start = time.perf_counter()
-        if self.generator is None:
-            self.generator = torch.Generator(device=self.device).manual_seed(int(torch.randint(2 ** 62, (1,),
-                                                                                              generator=state.generator)))
         if self.codes is None or (self.reobserve and obs is not None):
             self._start(obs.y, members)
             self.t0, self.frame = state.t, 0
