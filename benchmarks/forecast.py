@@ -17,7 +17,8 @@ starts; ``persist`` holds the reconstruction fixed (the trivial forecast). Initi
 
 Against them, the pure-latent forecaster ``vq_forecast`` (``--vq-checkpoint``; seed 001): the same sensors
 give the dense field's codes, its transformer forecasts the codes frame by frame from that one frame, and
-the decoder turns them into fields (no solver). Its row ``truth`` starts from the exact state's codes
+the decoder turns them into fields (no solver); a model whose forecast step spans ``stride`` frames is
+scored in between by linear interpolation in time. Its row ``truth`` starts from the exact state's codes
 instead (the forecaster's own error, without the sparse encoder's).
 
 Writes ``results/forecast.{json,md,png}``.
@@ -25,6 +26,7 @@ Writes ``results/forecast.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -152,16 +154,29 @@ def latent_forecasts(path, grid, truth, starts, readings, target) -> dict:
             encode_s += time.perf_counter() - tick
         tick = time.perf_counter()
         start = torch.cat(codes)
-        frames = model.fields(torch.cat([start[:, None], model.forecast(start, horizon)], 1))
+        steps = math.ceil(horizon / model.stride)  # a step spans `stride` frames; frames between: linear in time
+        frames = frames_between(model.fields(torch.cat([start[:, None], model.forecast(start, steps)], 1)),
+                                model.stride)[:, :horizon + 1]
         forecast_s = time.perf_counter() - tick
         frames = frames.double() * norm.state_std + norm.state_mean
         out[name] = {"rel_l2": [float(rel_l2(frames[:, h], target[:, h])) for h in range(horizon + 1)],
                      "persist": [float(rel_l2(frames[:, 0], target[:, h])) for h in range(horizon + 1)],
                      "reconstruct_s": encode_s / len(starts), "simulate_s": forecast_s / len(starts),
-                     "forecast": "latent"}
+                     "forecast": "latent", "stride": model.stride}
         print(f"{name:12s} rel_l2 at h=0 {out[name]['rel_l2'][0]:.3f}, h={horizon} {out[name]['rel_l2'][-1]:.3f}",
               flush=True)
     return out
+
+
+def frames_between(fields: torch.Tensor, stride: int) -> torch.Tensor:
+    """``(batch, steps + 1, x, y)`` fields ``stride`` frames apart -> ``(batch, stride * steps + 1, x, y)``
+    every frame, linear in time between the steps."""
+    if stride == 1:
+        return fields
+    weight = torch.arange(stride, dtype=fields.dtype) / stride  # (stride,)
+    a, b = fields[:, :-1, None], fields[:, 1:, None]  # (batch, steps, 1, x, y)
+    inner = (a + weight[:, None, None] * (b - a)).flatten(1, 2)  # (batch, steps * stride, x, y)
+    return torch.cat([inner, fields[:, -1:]], 1)
 
 
 def table(results: dict) -> str:

@@ -2,12 +2,13 @@
 
 At the first observation time (``simulate.py --observe TRUTH.h5 --sensors ...``) the sensor values give
 the dense field's code tokens (:class:`latent.vq_forecast.VQForecast`, the sensor encoder); from then on,
-at every call that lands on a whole number of the model's frames (``frame_dt``) after it, the forecaster
+at every call that lands on a whole number of the model's forecast steps (``step_dt``: ``stride`` data
+frames of ``frame_dt``) after it, the forecaster
 advances the codes by those frames and the decoded field replaces every member's state. The solver's own
 steps in between are discarded: the run *is* the latent forecast, written by ``simulate.py`` like any run,
 to be compared with reconstruct-then-simulate (``--closure sparse_recon --set
 closure.options.ensemble=first`` re-initialises once, then the solver forecasts). Call it every ``k``
-solver steps with ``k dt`` dividing ``frame_dt``.
+solver steps with ``k dt`` dividing ``step_dt``.
 
 ``temperature``: 0 takes the most likely codes (every member the same forecast); above 0 every member
 samples its own codes (a stochastic ensemble): the first frame's with probability ``exp(-|z - e_j|^2 /
@@ -85,7 +86,7 @@ class VQForecastPlugin(Reconstruction):
             self.t0, self.frame = state.t, 0
         else:
             self._check_period(state.t)
-            frames = (state.t - self.t0) / self.model.frame_dt
+            frames = (state.t - self.t0) / self.model.step_dt
             due = round(frames)
             if abs(frames - due) > 1e-6 * max(1.0, frames) or due <= self.frame:
                 self.last_t = state.t
@@ -104,7 +105,7 @@ class VQForecastPlugin(Reconstruction):
         """The calls must land on the model's frames: ``ValueError`` naming the fix at the second call otherwise."""
         if self.last_t is None or self.frame > 0 or self.last_t != self.t0:
             return
-        period, frame_dt = t - self.last_t, self.model.frame_dt
+        period, frame_dt = t - self.last_t, self.model.step_dt
         ratio = frame_dt / period
         if period <= 0 or abs(ratio - round(ratio)) > 1e-6 * ratio:
             raise ValueError(f"vq_forecast steps {frame_dt:g} time units per frame, but it is called every {period:g}: "

@@ -24,7 +24,10 @@ The forecaster reads a frame as its ``tokens^2`` codes (embedding + learned toke
 position in the window) and predicts all of the next frame's codes at once: a token attends to every
 token of its own and earlier frames (a block-causal mask), so one teacher-forced pass trains every
 horizon in the window, and a forecast starts from a single observed frame (:meth:`VQForecast.forecast`,
-sliding window of ``context`` frames). Fields are the dataset's normalised units; training frames are
+sliding window of ``context`` frames). A forecast step spans ``stride`` data frames (``step_dt = stride x
+frame_dt``): on E1 a frame moves the field by 1.7 % but changes 39 % of its codes, so a one-frame
+forecaster learns to copy the codes (its forecast was exactly persistence); at stride 5 (8.7 %, 83 % of
+the codes) there is motion to learn. Fields are the dataset's normalised units; training frames are
 rolled by random periodic ``shifts`` (:func:`latent.sparse_recon.shift_fields`).
 """
 from __future__ import annotations
@@ -201,7 +204,7 @@ class VQForecast(TrainableModel):
     ``[0, 1)`` as for ``sparse_recon``), ``frame_dt`` the data's frame spacing; autoencoder: ``tokens`` per
     side, ``codes`` x ``dim`` codebook, conv ``width``; sensor encoder: ``sensor_width``, ``sensor_blocks``,
     ``frequencies`` and the training draws (``min_sensors``, ``max_sensors``, ``noise``); forecaster:
-    ``context`` frames, ``forecast_width``, ``forecast_layers``, ``heads``; training: ``ae_epochs`` of phase
+    ``context`` steps of ``stride`` data frames, ``forecast_width``, ``forecast_layers``, ``heads``; training: ``ae_epochs`` of phase
     1, ``windows`` random windows (or frames) drawn per trajectory and step, ``commitment``, ``shifts``."""
 
     samples = "trajectories"
@@ -211,11 +214,13 @@ class VQForecast(TrainableModel):
                  dim: int = 32, width: int = 32, sensor_width: int = 64, sensor_blocks: int = 2,
                  frequencies: int = 16, min_sensors: int = 8, max_sensors: int = 160, noise: float = 0.1,
                  context: int = 4, forecast_width: int = 96, forecast_layers: int = 4, heads: int = 4,
-                 ae_epochs: int = 100, windows: int = 8, commitment: float = 0.25, shifts: str = "none") -> None:
+                 ae_epochs: int = 100, windows: int = 8, commitment: float = 0.25, shifts: str = "none",
+                 stride: int = 1) -> None:
         super().__init__()
-        if not (1 <= min_sensors <= max_sensors and context >= 1 and windows >= 1 and frame_dt > 0):
-            raise ValueError(f"need 1 <= min_sensors <= max_sensors, context >= 1, windows >= 1, frame_dt > 0; got "
-                             f"{min_sensors}, {max_sensors}, {context}, {windows}, {frame_dt}")
+        if not (1 <= min_sensors <= max_sensors and context >= 1 and windows >= 1 and frame_dt > 0 and stride >= 1):
+            raise ValueError(f"need 1 <= min_sensors <= max_sensors, context >= 1, windows >= 1, frame_dt > 0, "
+                             f"stride >= 1; got {min_sensors}, {max_sensors}, {context}, {windows}, {frame_dt}, {stride}")
+        self.stride, self.step_dt = int(stride), float(frame_dt) * int(stride)
         if shifts not in sparse_recon.SHIFTS:
             raise ValueError(f"unknown shifts {shifts!r}; choose one of {list(sparse_recon.SHIFTS)}")
         self.n, self.length, self.frame_dt, self.tokens = n, float(length), float(frame_dt), tokens
@@ -242,8 +247,10 @@ class VQForecast(TrainableModel):
             if not math.isclose(given[key], value, rel_tol=1e-6):
                 raise ValueError(f"the data has {key} = {value:g} but model.kwargs.{key} is {given[key]:g}; set "
                                  f"--set model.kwargs.{key}={value:g}")
-        if len(times) < 2:
-            raise ValueError("vq_forecast trains on trajectories of at least 2 frames")
+        need = int(kwargs.get("context", defaults["context"])) * int(kwargs.get("stride", defaults["stride"])) + 1
+        if len(times) < need:
+            raise ValueError(f"vq_forecast with this context and stride trains on windows of {need} frames; the "
+                             f"trajectories have {len(times)}: lower model.kwargs.context or stride")
 
     # ---- inference ------------------------------------------------------------------------------------------
 
@@ -317,12 +324,12 @@ class VQForecast(TrainableModel):
         state = sparse_recon.shift_fields(state, self.shifts)
         return self._autoencoder_loss(state) if self.phase == 1 else self._code_loss(state)
 
-    def _windows(self, w: torch.Tensor, length: int) -> torch.Tensor:
-        """``windows`` random runs of ``length`` consecutive frames per trajectory: ``(batch*windows, length, x, y)``."""
+    def _windows(self, w: torch.Tensor, length: int, stride: int = 1) -> torch.Tensor:
+        """``windows`` random runs of ``length`` frames ``stride`` apart per trajectory: ``(batch*windows, length, x, y)``."""
         batch, frames = w.shape[:2]
-        length = min(length, frames)
-        start = torch.randint(0, frames - length + 1, (batch, self.windows), device=w.device)
-        idx = start[..., None] + torch.arange(length, device=w.device)  # (batch, windows, length)
+        length = min(length, (frames - 1) // stride + 1)
+        start = torch.randint(0, frames - (length - 1) * stride, (batch, self.windows), device=w.device)
+        idx = start[..., None] + stride * torch.arange(length, device=w.device)  # (batch, windows, length)
         return w[torch.arange(batch, device=w.device)[:, None, None], idx].flatten(0, 1)
 
     def _autoencoder_loss(self, w: torch.Tensor):
@@ -334,7 +341,7 @@ class VQForecast(TrainableModel):
                        "usage": torch.tensor(self.autoencoder.quantizer.usage(index))}
 
     def _code_loss(self, w: torch.Tensor):
-        win = self._windows(w, self.context + 1)  # (B, L, x, y)
+        win = self._windows(w, self.context + 1, self.stride)  # (B, L, x, y), frames `stride` apart
         B, L = win.shape[:2]
         with torch.no_grad():
             codes = self.autoencoder.codes(win.flatten(0, 1)).reshape(B, L, -1)  # (B, L, tokens^2)

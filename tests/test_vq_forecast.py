@@ -224,3 +224,16 @@ def test_plugin_called_off_its_frames_is_a_clear_error(tmp_path):
     _call(plugin, grid, eq, w, 0.0)
     with pytest.raises(ValueError, match="k x dt dividing 0.2"):
         _call(plugin, grid, eq, w, 0.15)
+
+
+def test_stride_spaces_the_training_windows_and_short_data_is_a_clear_error():
+    model = tiny_model(stride=3, windows=5)
+    t = torch.arange(20.0)
+    w = t[None, :, None, None].expand(2, 20, 32, 32)  # frame t holds the value t
+    win = model._windows(w, 4, 3)[..., 0, 0]  # (10, 4)
+    assert win.shape == (10, 4) and (win[:, 1:] - win[:, :-1] == 3).all() and win.max() <= 19
+    assert model.step_dt == pytest.approx(0.3)
+    from latent.vq_forecast import VQForecast
+
+    with pytest.raises(ValueError, match="windows of 13 frames"):
+        VQForecast.check_data({"grid_n": 64, "grid_length": 1.0}, np.arange(10) * 0.1, {"stride": 3})
