@@ -48,7 +48,7 @@ from solvers.symmetry import SHIFTS, augment_shifts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHOW = (0, 1, 5, 10, 20, 30)
-VQ_DEFAULT = Path("runs/vq_forecast_e1_small/best.pt")
+VQ_DEFAULT = "none"  # not shipped (11 MB): train one, see the README
 
 
 def build_parser() -> argparse.ArgumentParser:

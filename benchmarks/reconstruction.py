@@ -46,7 +46,7 @@ from solvers.reconstruction import cubic_interpolate, fourier_fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHIPPED = Path(__file__).resolve().parent.parent / "closure" / "checkpoints" / "sparse_recon_e1_small.pt"
-VQ_DEFAULT = Path("runs/vq_forecast_e1_small/best.pt")
+VQ_DEFAULT = "none"  # not shipped (11 MB): train one, see the README
 POSTERIOR_MODES = 100
 
 
