@@ -82,7 +82,7 @@ def reconstructors(args, train, grid, noise_var: float) -> dict:
                "gappy_pod": lambda y, op: gappy_reconstruct(basis, y, op.matrix().double(), ridge=ridge)}
     if args.checkpoint != "none":
         learned = load_learned(args.checkpoint, grid)
-        methods["sparse_recon"] = lambda y, op: learned(y, op)[0]
+        methods["sparse_recon"] = lambda y, op: learned(y, op, noise_var)[0]
     return methods
 
 

@@ -82,15 +82,18 @@ INTERPOLATIONS = {  # name -> reconstruct(values (1, sensors), operator) -> (1, 
 
 
 def load_learned(path: str, grid: Grid):
-    """``reconstruct(values (1, sensors), operator) -> (mean, std)`` ``(1, x, y)`` of a sparse_recon checkpoint."""
+    """``reconstruct(values (1, sensors), operator, noise_var=None) -> (mean, std)`` ``(1, x, y)`` of a sparse_recon
+    checkpoint (``noise_var``: the readings' noise variance, physical units, for a model's POD prior)."""
     from latent.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path, grid=(grid.n, grid.length))
     model, norm = ckpt.build_model("cpu", torch.float32).eval(), ckpt.normalization
 
     @torch.no_grad()
-    def reconstruct(values, op):
-        mean, std = model.reconstruct(norm.state(values).float(), (op.positions / grid.length).float(), grid.n)
+    def reconstruct(values, op, noise_var=None):
+        scaled = None if noise_var is None else noise_var / norm.state_std ** 2
+        mean, std = model.reconstruct(norm.state(values).float(), (op.positions / grid.length).float(), grid.n,
+                                      noise_var=scaled)
         return mean.double() * norm.state_std + norm.state_mean, std.double() * norm.state_std
 
     return reconstruct
@@ -145,8 +148,8 @@ def run(args) -> dict:
                    "gappy_pod": lambda v, op: gappy_reconstruct(basis, v, op.matrix().double(), ridge=1e-3),
                    "gappy_pod_posterior": lambda v, op: gappy_reconstruct(
                        prior, v, op.matrix().double(), ridge=posterior_ridge(prior, (noise * rms) ** 2))}
-        if learned is not None:
-            methods["sparse_recon"] = learned
+        if learned is not None:  # told the noise level, like gappy_pod_posterior
+            methods["sparse_recon"] = lambda v, op: learned(v, op, (noise * rms) ** 2)
         if vq is not None:
             methods["vq_forecast"] = vq
         fixed = random_sensors(count, length, g)

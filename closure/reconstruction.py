@@ -136,11 +136,13 @@ class SparseReconPlugin(Reconstruction):
         self.calls = 0
 
     @torch.no_grad()
-    def reconstruct_with_std(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation ``(1, x, y)`` in physical units from sensor values ``(sensors,)``."""
+    def reconstruct_with_std(self, y: torch.Tensor, noise_var: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation ``(1, x, y)`` in physical units from sensor values ``(sensors,)`` with
+        noise variance ``noise_var`` (physical units; a model with a POD prior uses it, default its own)."""
         positions = (self.observations.operator.positions / self.grid.length).to(self.device, torch.float32)
         values = self.norm.state(y.to(self.device, torch.float32))[None]
-        mean, std = self.model.reconstruct(values, positions, self.grid.n)
+        scaled = None if noise_var is None else noise_var / self.norm.state_std ** 2
+        mean, std = self.model.reconstruct(values, positions, self.grid.n, noise_var=scaled)
         scale = self.norm.state_std
         return mean * scale + self.norm.state_mean, std * scale
 
@@ -149,7 +151,7 @@ class SparseReconPlugin(Reconstruction):
 
     def analysis(self, X, HX, obs, state):
         self.calls += 1
-        mean, std = (t.reshape(1, -1).to(X) for t in self.reconstruct_with_std(obs.y))
+        mean, std = (t.reshape(1, -1).to(X) for t in self.reconstruct_with_std(obs.y, float(obs.r.mean())))
         if self.ensemble == "mean" or (self.ensemble == "first" and self.calls > 1):
             return mean.expand_as(X)
         from latent.sparse_recon import correlated_noise

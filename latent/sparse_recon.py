@@ -172,27 +172,30 @@ class SparseRecon(TrainableModel):
         return (mean if prior is None else mean + prior), F.softplus(raw) + 1e-6
 
     def query(self, values: torch.Tensor, positions: torch.Tensor, coords: torch.Tensor,
-              pad: torch.Tensor | None = None, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation ``(batch, queries)`` of the field at ``coords`` from the sensors."""
-        z, field = self._encode_with_prior(values, positions, pad)
+              pad: torch.Tensor | None = None, chunk: int = 4096,
+              noise_var: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation ``(batch, queries)`` of the field at ``coords`` from the sensors;
+        ``noise_var``: the readings' noise variance (normalised units) for the prior (default ``prior_noise^2``)."""
+        z, field = self._encode_with_prior(values, positions, pad, noise_var)
         parts = []
         for c in coords.split(chunk, dim=-2):
             prior = None if field is None else sample_fields(field, c.to(field), self.length)
             parts.append(self.decode(z, c, prior))
         return torch.cat([m for m, _ in parts], -1), torch.cat([v for _, v in parts], -1).sqrt()
 
-    def _encode_with_prior(self, values, positions, pad):
+    def _encode_with_prior(self, values, positions, pad, noise_var=None):
         """Latents and the prior's field ``(batch, n, n)`` (``None`` without a prior)."""
         if not self.prior_modes:
             return self.encode(values, positions, pad), None
         _check_sensors(values, positions, pad)
-        field, at_sensors = self.prior(values, positions, pad)
+        field, at_sensors = self.prior(values, positions, pad, noise_var)
         return self.encode(torch.stack([values, values - at_sensors], -1), positions, pad), field
 
-    def prior(self, values: torch.Tensor, positions: torch.Tensor,
-              pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The Gaussian posterior mean field ``(batch, n, n)`` given the sensors, and its values at them
-        ``(batch, sensors)`` (gappy POD in the stored basis, exact off the grid)."""
+    def prior(self, values: torch.Tensor, positions: torch.Tensor, pad: torch.Tensor | None = None,
+              noise_var: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian posterior mean field ``(batch, n, n)`` given the sensors with noise variance
+        ``noise_var`` (default ``prior_noise^2``), and its values at them ``(batch, sensors)`` (gappy POD in
+        the stored basis, exact off the grid)."""
         batch, count = values.shape
         k, n = self.prior_modes, self.prior_basis.shape[-1]
         flat = positions.to(values).expand(batch, -1, -1).reshape(-1, 2)
@@ -201,7 +204,7 @@ class SparseRecon(TrainableModel):
         mean_s, A = sampled[..., 0], sampled[..., 1:]  # (batch, sensors), (batch, sensors, modes)
         keep = torch.ones_like(values) if pad is None else (~pad).to(values)
         A, b = A * keep[..., None], (values - mean_s) * keep
-        ridge = self.prior_noise ** 2 + self.prior_tail.to(values)
+        ridge = (self.prior_noise ** 2 if noise_var is None else float(noise_var)) + self.prior_tail.to(values)
         M = A.transpose(1, 2) @ A + torch.diag(ridge / self.prior_energy.to(values).clamp_min(1e-30))
         c = torch.linalg.solve(M, (A.transpose(1, 2) @ b[..., None]))[..., 0]  # (batch, modes)
         field = self.prior_mean.to(values) + (c @ self.prior_basis.to(values).reshape(k, -1)).reshape(batch, n, n)
@@ -230,10 +233,11 @@ class SparseRecon(TrainableModel):
         self.prior_energy.copy_(basis.energy)
         self.prior_tail.fill_(basis.tail)
 
-    def reconstruct(self, values: torch.Tensor, positions: torch.Tensor, n: int,
-                    pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation ``(batch, n, n)`` on the ``n x n`` grid of the box."""
-        mean, std = self.query(values, positions, grid_coordinates(n, self.length, values), pad)
+    def reconstruct(self, values: torch.Tensor, positions: torch.Tensor, n: int, pad: torch.Tensor | None = None,
+                    noise_var: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation ``(batch, n, n)`` on the ``n x n`` grid of the box (``noise_var``: see
+        :meth:`query`)."""
+        mean, std = self.query(values, positions, grid_coordinates(n, self.length, values), pad, noise_var=noise_var)
         return mean.reshape(-1, n, n), std.reshape(-1, n, n)
 
     def predict(self, state: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

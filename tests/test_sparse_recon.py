@@ -239,6 +239,8 @@ def test_untrained_prior_model_is_the_gaussian_posterior_of_gappy_pod_on_and_off
     off = torch.rand(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(model.query(y, op.positions, off)[0], sample_fields(expect, off, 1.0),
                                rtol=1e-8, atol=1e-8)
+    told = gappy_reconstruct(basis, y, op.matrix(), posterior_ridge(basis, 0.5))  # another noise level
+    torch.testing.assert_close(model.reconstruct(y, op.positions, 16, noise_var=0.5)[0], told, rtol=1e-8, atol=1e-8)
     order = torch.randperm(20, generator=torch.Generator().manual_seed(6))
     torch.testing.assert_close(model.reconstruct(y[:, order], op.positions[order], 16)[0], mean)
     with pytest.raises(ValueError, match="NaN"):
@@ -256,3 +258,29 @@ def test_prior_is_fitted_by_the_pipeline_and_travels_in_the_checkpoint(tmp_path)
     assert model.prior_basis.abs().sum() > 0 and (model.prior_energy > 0).all()
     basis = model.prior_basis.reshape(4, -1)
     torch.testing.assert_close(basis @ basis.T, torch.eye(4, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_plugin_tells_the_prior_the_observations_noise(tmp_path):
+    """The sparse_recon plug-in with a POD prior reconstructs with the sensors' own noise variance."""
+    grid = Grid(16, 1.0, dtype=torch.float64)
+    model, snaps = _prior_model(grid)
+    from latent.checkpoint import save_checkpoint
+    from latent.models import Normalization
+
+    path = save_checkpoint(tmp_path / "m.pt", model=model, closure="sparse_recon", grid={"n": 16, "length": 1.0},
+                           flow={"name": "example", "nu": 1e-2, "drag": 0.0},
+                           normalization=Normalization(0.0, 2.0, 0.0, 1.0), config="# test\n")
+    eq = NavierStokes2D(grid, nu=1e-2)
+    truth = snaps[:2]
+    obs = Assimilation.example_observations(tmp_path / "truth.h5", grid, truth, [0.0, 0.1], "random:20", 0.3)
+    plugin = make_plugin("sparse_recon", grid, eq, observations=obs, checkpoint=str(path))
+    out = plugin(FlowState(w=torch.zeros(1, 16, 16, dtype=torch.float64), t=0.1, step=0, dt=0.01, grid=grid,
+                           equation=eq, generator=torch.Generator().manual_seed(0)))
+    o = obs.at(0.1)
+    positions = (obs.operator.positions / grid.length).float()
+    m32 = load_checkpoint(path).build_model("cpu", torch.float32).eval()
+    told = m32.reconstruct((o.y[None] / 2).float(), positions, 16, noise_var=float(o.r.mean()) / 4)[0] * 2
+    default = m32.reconstruct((o.y[None] / 2).float(), positions, 16)[0] * 2
+    torch.testing.assert_close(out, told.double(), rtol=1e-5, atol=1e-5)
+    assert (told - default).abs().max() > 1e-3  # the noise level matters
