@@ -20,7 +20,6 @@ scores of :mod:`closure.assimilation` (``rmse_f``: the state before, ``rmse_a``:
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import ClassVar

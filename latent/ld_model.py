@@ -36,7 +36,7 @@ from torch import nn
 from solvers.observation import parse_sensors, sample_fields
 
 from .latent_ode import LatentVectorField, rk4
-from .models import TrainableModel, register_model
+from .models import TrainableModel, check_trajectory_grid, register_model
 
 __all__ = ["LatentDynamicsModel", "SpectralDecoder", "PeriodicEncoder"]
 
@@ -142,19 +142,10 @@ class LatentDynamicsModel(TrainableModel):
     def check_data(cls, attrs: dict, times, kwargs: dict) -> None:
         """The data must be a parametric file (one Re per trajectory) whose frame spacing and grid match
         the model's kwargs."""
-        import inspect
-
         if [str(name) for name in attrs.get("param_names", [])] != ["reynolds"]:
             raise ValueError("ld_ensf trains on parametric trajectories with a Reynolds number each: make them with "
                              "`python train_closure.py generate-parametric --config configs/data_e3_small.yaml`")
-        defaults = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items()}
-        given = {key: float(kwargs.get(key, defaults[key])) for key in ("frame_dt", "n", "length")}
-        found = {"frame_dt": float(times[1] - times[0]), "n": float(attrs["grid_n"]),
-                 "length": float(attrs["grid_length"])}
-        for key, value in found.items():
-            if not math.isclose(given[key], value, rel_tol=1e-6):
-                raise ValueError(f"the data has {key} = {value:g} but model.kwargs.{key} is {given[key]:g}; set "
-                                 f"--set model.kwargs.{key}={value:g}")
+        check_trajectory_grid(cls, attrs, times, kwargs)
 
     def normalize_params(self, reynolds: torch.Tensor) -> torch.Tensor:
         lo, hi = self.reynolds

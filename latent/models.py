@@ -23,7 +23,7 @@ from solvers.registry import Registry
 
 from .fno import FNO2d
 
-__all__ = ["TrainableModel", "Normalization", "register_model", "model_class", "available_models",
+__all__ = ["TrainableModel", "Normalization", "check_trajectory_grid", "register_model", "model_class", "available_models",
            "build_model", "FNOClosureModel"]
 
 _MODELS = Registry("model", "argument(s)")
@@ -58,6 +58,21 @@ class TrainableModel(nn.Module):
         """Called by the trainer before each epoch (0-based). Returns True when the loss changes its
         definition here (a new training phase), so the best validation loss is reset."""
         return False
+
+
+def check_trajectory_grid(cls, attrs: dict, times, kwargs: dict) -> dict:
+    """For trajectory models' ``check_data``: ``ValueError`` naming the ``--set`` fix unless the data's frame
+    spacing, grid size and box side (root ``attrs``, record ``times``) equal model ``cls``'s ``frame_dt``,
+    ``n``, ``length`` from ``kwargs`` (or their defaults). Returns the constructor's defaults."""
+    defaults = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items()}
+    given = {key: float(kwargs.get(key, defaults[key])) for key in ("frame_dt", "n", "length")}
+    found = {"frame_dt": float(times[1] - times[0]) if len(times) > 1 else math.nan,
+             "n": float(attrs["grid_n"]), "length": float(attrs["grid_length"])}
+    for key, value in found.items():
+        if not math.isclose(given[key], value, rel_tol=1e-6):
+            raise ValueError(f"the data has {key} = {value:g} but model.kwargs.{key} is {given[key]:g}; set "
+                             f"--set model.kwargs.{key}={value:g}")
+    return defaults
 
 
 @dataclass(frozen=True)

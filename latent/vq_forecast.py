@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import TrainableModel, register_model
+from .models import TrainableModel, check_trajectory_grid, register_model
 from . import sparse_recon  # attributes read at call time: sparse_recon may still be importing models
 
 __all__ = ["VectorQuantizer", "ConvVQAutoencoder", "FrameForecaster", "VQForecast", "block_causal_mask"]
@@ -237,16 +237,7 @@ class VQForecast(TrainableModel):
     @classmethod
     def check_data(cls, attrs: dict, times, kwargs: dict) -> None:
         """The data's grid, box and frame spacing must be the model's (clear error naming the ``--set`` fix)."""
-        import inspect
-
-        defaults = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items()}
-        given = {key: float(kwargs.get(key, defaults[key])) for key in ("frame_dt", "n", "length")}
-        found = {"frame_dt": float(times[1] - times[0]) if len(times) > 1 else math.nan,
-                 "n": float(attrs["grid_n"]), "length": float(attrs["grid_length"])}
-        for key, value in found.items():
-            if not math.isclose(given[key], value, rel_tol=1e-6):
-                raise ValueError(f"the data has {key} = {value:g} but model.kwargs.{key} is {given[key]:g}; set "
-                                 f"--set model.kwargs.{key}={value:g}")
+        defaults = check_trajectory_grid(cls, attrs, times, kwargs)
         need = int(kwargs.get("context", defaults["context"])) * int(kwargs.get("stride", defaults["stride"])) + 1
         if len(times) < need:
             raise ValueError(f"vq_forecast with this context and stride trains on windows of {need} frames; the "
