@@ -34,16 +34,17 @@ __all__ = ["Reconstruction", "Interpolation", "GappyPOD", "SparseReconPlugin"]
 
 
 class Reconstruction(Assimilation):
-    """Base: ``reconstruct(y) -> (1, x, y)``; the analysis nudges every member toward it."""
+    """Base: ``reconstruct(y, noise_var) -> (1, x, y)``; the analysis nudges every member toward it."""
 
     min_members: ClassVar[int] = 1
 
-    def reconstruct(self, y: torch.Tensor) -> torch.Tensor:
-        """The field ``(1, x, y)`` from sensor values ``y`` ``(sensors,)``."""
+    def reconstruct(self, y: torch.Tensor, noise_var: float) -> torch.Tensor:
+        """The field ``(1, x, y)`` from sensor values ``y`` ``(sensors,)`` with noise variance ``noise_var``
+        (the observations' mean error variance; methods with a statistical prior weigh the readings by it)."""
         raise NotImplementedError
 
     def analysis(self, X, HX, obs, state):
-        field = self.reconstruct(obs.y).reshape(1, -1).to(X)
+        field = self.reconstruct(obs.y, float(obs.r.mean())).reshape(1, -1).to(X)
         return field.expand_as(X)  # the base class nudges: w + nudge (field - w)
 
 
@@ -59,7 +60,7 @@ class Interpolation(Reconstruction):
             raise ValueError(f"unknown interp method {method!r}; choose 'cubic' or 'fourier'")
         self.method, self.modes, self.ridge = method, int(modes), float(ridge)
 
-    def reconstruct(self, y):
+    def reconstruct(self, y, noise_var):
         from solvers.reconstruction import cubic_interpolate, fourier_fit
 
         positions = self.observations.operator.positions
@@ -92,20 +93,15 @@ class GappyPOD(Reconstruction):
         self.basis = fit_pod(augment_shifts(load_snapshots(basis, grid), shifts, int(copies)), modes)
         self.rows = self.observations.operator.matrix().to(torch.float64)  # (sensors, x*y)
         self.ridge = ridge if ridge == "posterior" else float(ridge)
-        self.noise_var = 0.0
-
-    def analysis(self, X, HX, obs, state):
-        self.noise_var = float(obs.r.mean())
-        return super().analysis(X, HX, obs, state)
 
     @classmethod
     def example_options(cls, truth_path) -> dict:
         return {"basis": str(truth_path), "modes": 1}
 
-    def reconstruct(self, y):
+    def reconstruct(self, y, noise_var):
         from latent.pod import gappy_reconstruct, posterior_ridge
 
-        ridge = posterior_ridge(self.basis, self.noise_var) if self.ridge == "posterior" else self.ridge
+        ridge = posterior_ridge(self.basis, noise_var) if self.ridge == "posterior" else self.ridge
         return gappy_reconstruct(self.basis, y[None].to(torch.float64), self.rows, ridge)
 
 
@@ -146,8 +142,8 @@ class SparseReconPlugin(Reconstruction):
         scale = self.norm.state_std
         return mean * scale + self.norm.state_mean, std * scale
 
-    def reconstruct(self, y):
-        return self.reconstruct_with_std(y)[0]
+    def reconstruct(self, y, noise_var):
+        return self.reconstruct_with_std(y, noise_var)[0]
 
     def analysis(self, X, HX, obs, state):
         self.calls += 1
