@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-__all__ = ["PODBasis", "fit_pod", "posterior_ridge", "qr_sensors", "gappy_reconstruct", "load_snapshots", "main"]
+__all__ = ["PODBasis", "fit_pod", "posterior_ridge", "qr_sensors", "gappy_reconstruct", "gappy_coefficients", "load_snapshots", "main"]
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,21 @@ def gappy_reconstruct(basis: PODBasis, values: torch.Tensor, sensor_rows: torch.
     if values.shape[-1] != sensor_rows.shape[0]:
         raise ValueError(f"{values.shape[-1]} sensor values for {sensor_rows.shape[0]} sensor rows")
     A = sensor_rows @ basis.modes.T  # (sensors, modes)
-    b = values - (sensor_rows @ basis.mean)[None]
+    return basis.expand(gappy_coefficients(A, values - (sensor_rows @ basis.mean)[None], basis.energy, ridge))
+
+
+def gappy_coefficients(A: torch.Tensor, b: torch.Tensor, energy: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """POD coefficients ``(batch, modes)`` fitting anomalies ``b`` ``(batch, sensors)`` through the modes' values at
+    the sensors ``A``, one ``(sensors, modes)`` for all or ``(batch, sensors, modes)`` per sample: least squares,
+    or with ``ridge > 0`` Tikhonov scaled by the modes' ``energy`` (``ridge / energy`` on the diagonal)."""
     if ridge > 0:
-        reg = torch.diag(ridge / basis.energy.clamp_min(1e-30))
-        coeffs = torch.linalg.solve(A.T @ A + reg, A.T @ b.T).T
-    else:
-        coeffs = torch.linalg.lstsq(A[None].expand(b.shape[0], -1, -1), b[..., None]).solution[..., 0]
-    return basis.expand(coeffs)
+        At = A.transpose(-1, -2)
+        M = At @ A + torch.diag(ridge / energy.clamp_min(1e-30))
+        if A.dim() == 2:  # one system, many right-hand sides
+            return torch.linalg.solve(M, At @ b.T).T
+        return torch.linalg.solve(M, At @ b[..., None])[..., 0]
+    A = A.expand(b.shape[0], -1, -1) if A.dim() == 2 else A
+    return torch.linalg.lstsq(A, b[..., None]).solution[..., 0]
 
 
 def load_snapshots(path, grid) -> torch.Tensor:

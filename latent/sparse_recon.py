@@ -40,9 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from solvers.observation import sample_fields
-from solvers.symmetry import SHIFTS, shift_fields  # noqa: F401  (re-exported)
+from solvers.symmetry import SHIFTS, augment_shifts, shift_fields  # noqa: F401  (shift_fields re-exported)
 
 from .models import TrainableModel, register_model
+from .pod import fit_pod, gappy_coefficients
 
 __all__ = ["fourier_features", "SensorEncoder", "SparseRecon", "draw_sensors", "correlated_noise", "shift_fields", "grid_coordinates", "SHIFTS"]
 
@@ -177,10 +178,15 @@ class SparseRecon(TrainableModel):
         """Mean and standard deviation ``(batch, queries)`` of the field at ``coords`` from the sensors;
         ``noise_var``: the readings' noise variance (normalised units) for the prior (default ``prior_noise^2``)."""
         z, field = self._encode_with_prior(values, positions, pad, noise_var)
-        parts = []
-        for c in coords.split(chunk, dim=-2):
-            prior = None if field is None else sample_fields(field, c.to(field), self.length)
-            parts.append(self.decode(z, c, prior))
+        prior = None if field is None else sample_fields(field, coords.to(field), self.length)
+        return self._decode_chunks(z, coords, prior, chunk)
+
+    def _decode_chunks(self, z, coords, prior, chunk: int):
+        """Mean and standard deviation ``(batch, queries)``, decoding ``chunk`` queries at a time; ``prior``
+        ``(batch, queries)`` or ``None``."""
+        pieces = coords.split(chunk, dim=-2)
+        priors = [None] * len(pieces) if prior is None else prior.split(chunk, dim=-1)
+        parts = [self.decode(z, c, p) for c, p in zip(pieces, priors)]
         return torch.cat([m for m, _ in parts], -1), torch.cat([v for _, v in parts], -1).sqrt()
 
     def _encode_with_prior(self, values, positions, pad, noise_var=None):
@@ -203,10 +209,9 @@ class SparseRecon(TrainableModel):
         sampled = sample_fields(fields, flat, self.length).reshape(k + 1, batch, count).permute(1, 2, 0)
         mean_s, A = sampled[..., 0], sampled[..., 1:]  # (batch, sensors), (batch, sensors, modes)
         keep = torch.ones_like(values) if pad is None else (~pad).to(values)
-        A, b = A * keep[..., None], (values - mean_s) * keep
-        ridge = (self.prior_noise ** 2 if noise_var is None else float(noise_var)) + self.prior_tail.to(values)
-        M = A.transpose(1, 2) @ A + torch.diag(ridge / self.prior_energy.to(values).clamp_min(1e-30))
-        c = torch.linalg.solve(M, (A.transpose(1, 2) @ b[..., None]))[..., 0]  # (batch, modes)
+        A, b = A * keep[..., None], (values - mean_s) * keep  # padded sensors: zero rows
+        ridge = (self.prior_noise ** 2 if noise_var is None else float(noise_var)) + float(self.prior_tail)
+        c = gappy_coefficients(A, b, self.prior_energy.to(values), ridge)  # (batch, modes)
         field = self.prior_mean.to(values) + (c @ self.prior_basis.to(values).reshape(k, -1)).reshape(batch, n, n)
         return field, mean_s + (A @ c[..., None])[..., 0]
 
@@ -214,10 +219,6 @@ class SparseRecon(TrainableModel):
         """Fit the prior's basis to the training states ``(samples, x, y)`` (normalised units); no-op without one."""
         if not self.prior_modes:
             return
-        from solvers.symmetry import augment_shifts
-
-        from .pod import fit_pod
-
         if state.shape[-1] != self.prior_basis.shape[-1]:
             raise ValueError(f"the data's {state.shape[-1]}^2 grid differs from model.kwargs.n = "
                              f"{self.prior_basis.shape[-1]}; set --set model.kwargs.n={state.shape[-1]}")
@@ -237,7 +238,15 @@ class SparseRecon(TrainableModel):
                     noise_var: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation ``(batch, n, n)`` on the ``n x n`` grid of the box (``noise_var``: see
         :meth:`query`)."""
-        mean, std = self.query(values, positions, grid_coordinates(n, self.length, values), pad, noise_var=noise_var)
+        z, field = self._encode_with_prior(values, positions, pad, noise_var)
+        coords = grid_coordinates(n, self.length, values)
+        if field is None:
+            prior = None
+        elif field.shape[-1] == n:  # the prior's own grid: its values, no Fourier resampling
+            prior = field.reshape(field.shape[0], -1)
+        else:
+            prior = sample_fields(field, coords.to(field), self.length)
+        mean, std = self._decode_chunks(z, coords, prior, 4096)
         return mean.reshape(-1, n, n), std.reshape(-1, n, n)
 
     def predict(self, state: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
