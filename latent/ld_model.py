@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from solvers.observation import parse_sensors, sample_fields
+from solvers.symmetry import shift_fields
 
 from .latent_ode import LatentVectorField, rk4
 from .models import TrainableModel, check_trajectory_grid, register_model
@@ -207,16 +208,8 @@ class LatentDynamicsModel(TrainableModel):
         p = self.normalize_params(target.to(state.dtype))
         return self._dynamics_loss(state, p) if self.phase == 1 else self._observer_loss(state, p)
 
-    def _shift(self, w: torch.Tensor) -> torch.Tensor:
-        """Each trajectory ``(batch, time, x, y)`` rolled along ``x`` by its own random whole number of grid
-        steps (``shifts = "x"``: the Kolmogorov forcing depends on ``y`` only, so this is a symmetry)."""
-        if self.shifts == "none":
-            return w
-        steps = torch.randint(0, w.shape[-2], (w.shape[0],)).tolist()
-        return torch.stack([traj.roll(s, -2) for traj, s in zip(w, steps)])
-
     def _dynamics_loss(self, w: torch.Tensor, p: torch.Tensor):
-        w = self._shift(w)
+        w = shift_fields(w, self.shifts)  # per trajectory, the same shift for all its frames
         batch, frames = w.shape[:2]
         start = torch.randint(0, frames - self.window + 1, (batch,), device=w.device)
         idx = start[:, None] + torch.arange(self.window, device=w.device)
@@ -244,7 +237,7 @@ class LatentDynamicsModel(TrainableModel):
         self.z_fitted.fill_(1)
 
     def _observer_loss(self, w: torch.Tensor, p: torch.Tensor):
-        w = self._shift(w)
+        w = shift_fields(w, self.shifts)  # per trajectory, the same shift for all its frames
         batch, frames = w.shape[:2]
         with torch.no_grad():
             z = self.encode(w.flatten(0, 1))

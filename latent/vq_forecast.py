@@ -28,7 +28,7 @@ sliding window of ``context`` frames). A forecast step spans ``stride`` data fra
 frame_dt``): on E1 a frame moves the field by 1.7 % but changes 39 % of its codes, so a one-frame
 forecaster learns to copy the codes (its forecast was exactly persistence); at stride 5 (8.7 %, 83 % of
 the codes) there is motion to learn. Fields are the dataset's normalised units; training frames are
-rolled by random periodic ``shifts`` (:func:`latent.sparse_recon.shift_fields`).
+rolled by random periodic ``shifts`` (:func:`solvers.symmetry.shift_fields`).
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import TrainableModel, check_trajectory_grid, register_model
+from solvers.symmetry import SHIFTS, shift_fields
+
 from . import sparse_recon  # attributes read at call time: sparse_recon may still be importing models
 
 __all__ = ["VectorQuantizer", "ConvVQAutoencoder", "FrameForecaster", "VQForecast", "block_causal_mask"]
@@ -221,8 +223,8 @@ class VQForecast(TrainableModel):
             raise ValueError(f"need 1 <= min_sensors <= max_sensors, context >= 1, windows >= 1, frame_dt > 0, "
                              f"stride >= 1; got {min_sensors}, {max_sensors}, {context}, {windows}, {frame_dt}, {stride}")
         self.stride, self.step_dt = int(stride), float(frame_dt) * int(stride)
-        if shifts not in sparse_recon.SHIFTS:
-            raise ValueError(f"unknown shifts {shifts!r}; choose one of {list(sparse_recon.SHIFTS)}")
+        if shifts not in SHIFTS:
+            raise ValueError(f"unknown shifts {shifts!r}; choose one of {list(SHIFTS)}")
         self.n, self.length, self.frame_dt, self.tokens = n, float(length), float(frame_dt), tokens
         self.min_sensors, self.max_sensors, self.noise = min_sensors, max_sensors, noise
         self.context, self.ae_epochs, self.windows = context, ae_epochs, windows
@@ -278,9 +280,8 @@ class VQForecast(TrainableModel):
         codes = history[:, None] if history.dim() == 3 else history
         out = []
         for _ in range(frames):
-            nxt = self.step(codes, generator, temperature)
-            out.append(nxt)
-            codes = torch.cat([codes[:, -(self.context - 1):] if self.context > 1 else codes[:, :0], nxt[:, None]], 1)
+            out.append(self.step(codes, generator, temperature))
+            codes = torch.cat([codes, out[-1][:, None]], 1)[:, -self.context:]
         return torch.stack(out, 1) if out else codes[:, :0]
 
     def fields(self, index: torch.Tensor) -> torch.Tensor:
@@ -312,7 +313,7 @@ class VQForecast(TrainableModel):
         """``state`` ``(batch, time, x, y)`` normalised trajectories; ``target`` (parameters) is not used."""
         if state.dim() != 4:
             raise ValueError(f"vq_forecast trains on trajectories (batch, time, x, y), got {tuple(state.shape)}")
-        state = sparse_recon.shift_fields(state, self.shifts)
+        state = shift_fields(state, self.shifts)
         return self._autoencoder_loss(state) if self.phase == 1 else self._code_loss(state)
 
     def _windows(self, w: torch.Tensor, length: int, stride: int = 1) -> torch.Tensor:
@@ -334,12 +335,12 @@ class VQForecast(TrainableModel):
     def _code_loss(self, w: torch.Tensor):
         win = self._windows(w, self.context + 1, self.stride)  # (B, L, x, y), frames `stride` apart
         B, L = win.shape[:2]
-        with torch.no_grad():
-            codes = self.autoencoder.codes(win.flatten(0, 1)).reshape(B, L, -1)  # (B, L, tokens^2)
+        with torch.no_grad():  # one pass of the frozen encoder: latents of every frame and their codes
+            latents = self.autoencoder.encode(win.flatten(0, 1))  # (B*L, tokens, tokens, dim)
+            codes = self.autoencoder.quantizer.nearest(latents).reshape(B, L, -1)  # (B, L, tokens^2)
         forecast = F.cross_entropy(self.forecaster(codes[:, :-1]).flatten(0, 2), codes[:, 1:].flatten())
         frames, truth = win[:, 0], codes[:, 0]
-        with torch.no_grad():
-            dense = self.autoencoder.encode(frames)  # (B, tokens, tokens, dim)
+        dense = latents.reshape(B, L, *latents.shape[1:])[:, 0]  # (B, tokens, tokens, dim)
         values, positions, pad = sparse_recon.draw_sensors(frames, self.min_sensors, self.max_sensors, self.noise, 1.0)
         guess = self.encode_sensors(values, positions, pad)
         sensor = F.mse_loss(guess, dense) / dense.var().clamp_min(1e-8)
