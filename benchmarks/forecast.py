@@ -36,7 +36,7 @@ import torch
 
 from closure.evaluation import coarse_flow
 from latent.pod import fit_pod, gappy_reconstruct, posterior_ridge
-from reconstruction import SHIPPED, load_learned
+from reconstruction import SHIPPED, load_learned, load_model
 from solvers.diagnostics import rel_l2
 from solvers.io import write_results
 from solvers.observation import ObservationOperator, random_sensors
@@ -138,10 +138,7 @@ def run(args) -> dict:
 def latent_forecasts(path, grid, truth, starts, readings, target) -> dict:
     """Curves of ``vq_forecast`` from the sensors (``readings``: ``(y, operator)`` per start) and from the
     exact start frames' codes: ``rel_l2`` per horizon against ``target`` ``(start, horizon, x, y)``."""
-    from latent.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path, grid=(grid.n, grid.length))
-    model, norm = ckpt.build_model("cpu", torch.float32).eval(), ckpt.normalization
+    model, norm = load_model(path, grid)
     horizon, out = target.shape[1] - 1, {}
     for name in ("vq_forecast", "vq_forecast_truth"):
         codes, encode_s, forecast_s = [], 0.0, 0.0

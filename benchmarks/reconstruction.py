@@ -81,13 +81,18 @@ INTERPOLATIONS = {  # name -> reconstruct(values (1, sensors), operator) -> (1, 
 }
 
 
-def load_learned(path: str, grid: Grid):
-    """``reconstruct(values (1, sensors), operator, noise_var=None) -> (mean, std)`` ``(1, x, y)`` of a sparse_recon
-    checkpoint (``noise_var``: the readings' noise variance, physical units, for a model's POD prior)."""
+def load_model(path: str, grid: Grid):
+    """``(model, normalization)`` of a checkpoint that must fit ``grid``: float32, eval mode, on the CPU."""
     from latent.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path, grid=(grid.n, grid.length))
-    model, norm = ckpt.build_model("cpu", torch.float32).eval(), ckpt.normalization
+    return ckpt.build_model("cpu", torch.float32).eval(), ckpt.normalization
+
+
+def load_learned(path: str, grid: Grid):
+    """``reconstruct(values (1, sensors), operator, noise_var=None) -> (mean, std)`` ``(1, x, y)`` of a sparse_recon
+    checkpoint (``noise_var``: the readings' noise variance, physical units, for a model's POD prior)."""
+    model, norm = load_model(path, grid)
 
     @torch.no_grad()
     def reconstruct(values, op, noise_var=None):
@@ -102,10 +107,7 @@ def load_learned(path: str, grid: Grid):
 def load_vq(path: str, grid: Grid):
     """``reconstruct(values (1, sensors), operator) -> (1, x, y)`` by a vq_forecast checkpoint's sensor
     encoder (most likely codes) and decoder."""
-    from latent.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path, grid=(grid.n, grid.length))
-    model, norm = ckpt.build_model("cpu", torch.float32).eval(), ckpt.normalization
+    model, norm = load_model(path, grid)
 
     @torch.no_grad()
     def reconstruct(values, op):

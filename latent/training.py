@@ -233,31 +233,32 @@ def _load_data(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> tu
     if getattr(model_cls, "samples", "pairs") == "trajectories":
         return _load_trajectories(cfg, model_cls, device, dtype)
     splits = {name: pairs.read_pairs(cfg.data, name) for name in ("train", "val")}
-    attrs = splits["train"].attrs
-    _check("grid_n" in attrs and "grid_length" in attrs,
-           f"{cfg.data} lacks the grid_n / grid_length attributes; regenerate it")
-    n = int(attrs["grid_n"])
-    _check(splits["train"].state.shape[-1] == n,
-           f"{cfg.data}: fields are {tuple(splits['train'].state.shape[-2:])} but grid_n={n}")
-    norm = Normalization.from_stats(splits["train"].stats)
+    meta = _meta(cfg, splits["train"])
+    norm = meta["normalization"]
     data = {name: (norm.state(d.state).to(device, dtype), norm.target(d.target).to(device, dtype))
             for name, d in splits.items()}
-    meta = {"grid": {"n": n, "length": float(attrs["grid_length"])}, "flow": flow_fingerprint(attrs),
-            "normalization": norm}
     return data, meta
 
 
 def _load_trajectories(cfg: TrainConfig, model_cls, device, dtype) -> tuple[dict, dict]:
     splits = {name: pairs.read_trajectories(cfg.data, name) for name in ("train", "val")}
-    attrs = splits["train"].attrs
+    meta = _meta(cfg, splits["train"])
+    model_cls.check_data(splits["train"].attrs, splits["train"].times, cfg.model.kwargs)
+    norm = meta["normalization"]
+    data = {name: (norm.state(d.state).to(device, dtype), d.params.to(device)) for name, d in splits.items()}
+    return data, meta
+
+
+def _meta(cfg: TrainConfig, train) -> dict:
+    """Grid, flow fingerprint and normalisation of the train split (pairs or trajectories), checking the
+    file's grid attributes against its fields."""
+    attrs = train.attrs
     _check("grid_n" in attrs and "grid_length" in attrs,
            f"{cfg.data} lacks the grid_n / grid_length attributes; regenerate it")
-    model_cls.check_data(attrs, splits["train"].times, cfg.model.kwargs)
-    norm = Normalization.from_stats(splits["train"].stats)
-    data = {name: (norm.state(d.state).to(device, dtype), d.params.to(device)) for name, d in splits.items()}
-    meta = {"grid": {"n": int(attrs["grid_n"]), "length": float(attrs["grid_length"])},
-            "flow": flow_fingerprint(attrs), "normalization": norm}
-    return data, meta
+    n = int(attrs["grid_n"])
+    _check(train.state.shape[-1] == n, f"{cfg.data}: fields are {tuple(train.state.shape[-2:])} but grid_n={n}")
+    return {"grid": {"n": n, "length": float(attrs["grid_length"])}, "flow": flow_fingerprint(attrs),
+            "normalization": Normalization.from_stats(train.stats)}
 
 
 def _check_learned(name: str) -> None:
