@@ -101,16 +101,15 @@ class LDEnSF(Assimilation):
     @classmethod
     def example_checkpoint(cls, path: str | Path, grid, equation, seed: int = 0) -> Path:
         """An untrained tiny model for ``grid`` observing a 4 x 4 lattice (contract tests, smoke runs)."""
-        from latent.checkpoint import save_checkpoint
-        from latent.models import Normalization, build_model
+        from latent.models import build_model
+
+        from .learned import save_example_checkpoint
 
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = build_model(cls.name, latent=4, width=4, modes=min(4, grid.n // 2 - 1), hidden=16, ode_hidden=16,
                                 lstm_hidden=8, n=grid.n, length=grid.length, sensors="regular:4x4")
-        return save_checkpoint(path, model=model, closure=cls.name, grid={"n": grid.n, "length": grid.length},
-                               flow={"name": "example", "nu": equation.nu, "drag": equation.drag},
-                               normalization=Normalization(0.0, 1.0, 0.0, 1.0), config="# untrained example\n")
+        return save_example_checkpoint(path, cls.name, model, grid, equation)
 
     def describe(self) -> str:
         return f"{super().describe()}, checkpoint {self.checkpoint}, inject {self.inject}"

@@ -21,7 +21,7 @@ from solvers.grid import Grid
 
 from .base import FlowState, Plugin
 
-__all__ = ["LearnedClosure", "SHIPPED", "load_plugin_model"]
+__all__ = ["LearnedClosure", "SHIPPED", "load_plugin_model", "save_example_checkpoint"]
 
 log = logging.getLogger(__name__)
 SHIPPED = Path(__file__).resolve().parent / "checkpoints"  # models that ship with the package
@@ -39,6 +39,15 @@ def load_plugin_model(name: str, checkpoint: str | None, grid: Grid, device, how
     ckpt.check_grid(grid.n, grid.length)
     device = torch.device(device) if device is not None else grid.device
     return ckpt, device, ckpt.build_model(device, torch.float32).eval()
+
+
+def save_example_checkpoint(path: str | Path, name: str, model, grid: Grid, equation,
+                            normalization: Normalization = Normalization(0.0, 1.0, 0.0, 1.0)) -> Path:
+    """An *untrained* ``model`` saved as plug-in ``name``'s checkpoint for ``grid`` and ``equation`` (viscosity,
+    drag): the ``example_checkpoint`` of the learned plug-ins, for contract tests and smoke runs."""
+    return save_checkpoint(path, model=model, closure=name, grid={"n": grid.n, "length": grid.length},
+                           flow={"name": "example", "nu": equation.nu, "drag": equation.drag},
+                           normalization=normalization, config="# untrained example checkpoint\n")
 
 
 class LearnedClosure(Plugin):
@@ -95,6 +104,4 @@ class LearnedClosure(Plugin):
             torch.manual_seed(seed)
             model = cls.example_model(grid)
         norm = Normalization(state_mean=0.0, state_std=1.0, target_mean=0.0, target_std=1e-3)
-        return save_checkpoint(path, model=model, closure=cls.name, grid={"n": grid.n, "length": grid.length},
-                               flow={"name": "example", "nu": equation.nu, "drag": equation.drag},
-                               normalization=norm, config="# untrained example checkpoint\n")
+        return save_example_checkpoint(path, cls.name, model, grid, equation, norm)

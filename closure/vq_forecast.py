@@ -113,17 +113,16 @@ class VQForecastPlugin(Reconstruction):
     @classmethod
     def example_checkpoint(cls, path: str | Path, grid, equation, seed: int = 0) -> Path:
         """An untrained tiny model that fits ``grid`` (contract tests, smoke runs); frames 0.2 apart."""
-        from latent.checkpoint import save_checkpoint
-        from latent.models import Normalization, build_model
+        from latent.models import build_model
+
+        from .learned import save_example_checkpoint
 
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = build_model(cls.name, n=grid.n, length=grid.length, frame_dt=0.2, tokens=grid.n // 8, codes=16,
                                 dim=4, width=4, sensor_width=8, sensor_blocks=1, frequencies=2, context=2,
                                 forecast_width=8, forecast_layers=1, heads=2)
-        return save_checkpoint(path, model=model, closure=cls.name, grid={"n": grid.n, "length": grid.length},
-                               flow={"name": "example", "nu": equation.nu, "drag": equation.drag},
-                               normalization=Normalization(0.0, 1.0, 0.0, 1.0), config="# untrained example\n")
+        return save_example_checkpoint(path, cls.name, model, grid, equation)
 
     def describe(self) -> str:
         mode = "re-reads the sensors" if self.reobserve else "sensors at the first observation only"
