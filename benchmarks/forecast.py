@@ -71,12 +71,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolved_model(attrs: dict, interval: float):
+    """``(flow config, flow, dt, steps)`` of a pair file's 64^2 model with its own convection, float64 on the
+    CPU: ``steps`` steps of ``dt`` (the file's coarse step, shortened to divide it) span ``interval``."""
+    flow_cfg, dt = coarse_flow(attrs)
+    flow_cfg = replace(flow_cfg, convection=True)
+    flow = build_flow(replace(flow_cfg, init=replace(flow_cfg.init, kind="taylor_green", params={})), 1, "cpu",
+                      "float64")
+    steps = max(1, math.ceil(interval / dt - 1e-6))
+    return flow_cfg, flow, interval / steps, steps
+
+
+def prior_basis(train, modes: int, shifts: str, copies: int, seed: int):
+    """The POD prior of gappy POD's posterior mean: ``modes`` modes of (at most 2000 of) the train states and
+    ``copies - 1`` copies of them shifted along the flow's symmetry ``shifts``."""
+    pick = np.linspace(0, len(train.state) - 1, min(2000, len(train.state))).round().astype(int)
+    return fit_pod(augment_shifts(train.state[pick].double(), shifts, copies, seed), modes)
+
+
 def reconstructors(args, train, grid, noise_var: float) -> dict:
     """name -> ``f(y (1, sensors), operator) -> (1, x, y)``; gappy POD: the posterior mean for sensors of
     noise variance ``noise_var`` in ``--modes`` modes of the train states and shifted copies of them."""
-    pick = np.linspace(0, len(train.state) - 1, min(2000, len(train.state))).round().astype(int)
-    snapshots = augment_shifts(train.state[pick].double(), args.shifts, args.copies, args.seed)
-    basis = fit_pod(snapshots, args.modes)
+    basis = prior_basis(train, args.modes, args.shifts, args.copies, args.seed)
     ridge = posterior_ridge(basis, noise_var)
     methods = {"cubic": lambda y, op: cubic_interpolate(y, op.positions, grid),
                "gappy_pod": lambda y, op: gappy_reconstruct(basis, y, op.matrix().double(), ridge=ridge)}
@@ -88,13 +104,9 @@ def reconstructors(args, train, grid, noise_var: float) -> dict:
 
 def run(args) -> dict:
     train, test = read_pairs(args.data, "train"), read_pairs(args.data, "test")
-    flow_cfg, dt = coarse_flow(test.attrs)
-    flow_cfg = replace(flow_cfg, convection=True)
-    flow = build_flow(replace(flow_cfg, init=replace(flow_cfg.init, kind="taylor_green", params={})), 1, "cpu",
-                      "float64")
-    grid, eq = flow.grid, flow.equation
     interval = float(test.times[1] - test.times[0])
-    steps_per = max(1, round(interval / dt))
+    flow_cfg, flow, dt, steps_per = resolved_model(test.attrs, interval)
+    grid, eq = flow.grid, flow.equation
     truth = test.state.double()
     starts = np.linspace(0, len(truth) - args.horizon - 1, args.starts).round().astype(int)
     count = max(3, round(args.fraction / 100 * grid.n ** 2))

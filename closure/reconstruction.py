@@ -76,11 +76,25 @@ class GappyPOD(Reconstruction):
     sensors, or ``posterior``: the posterior mean under the snapshots' Gaussian prior for the observations'
     own noise variance (:func:`latent.pod.posterior_ridge`; no tuning); ``shifts`` / ``copies``: add
     ``copies - 1`` copies of the snapshots shifted along the flow's symmetry
-    (:func:`solvers.symmetry.augment_shifts`; E1 at 1 % sensors: rel_l2 0.11 -> 0.07)."""
+    (:func:`solvers.symmetry.augment_shifts`; E1 at 1 % sensors: rel_l2 0.11 -> 0.07).
+
+    ``background``: ``mean`` reconstructs from the sensors alone, about the snapshots' mean; ``forecast`` fits
+    the modes to each member's misfit at the sensors and adds them to the member (optimal interpolation /
+    3D-Var with ``forecast_error`` x the snapshots' covariance as the forecast's error covariance, posterior
+    ridge): cycled with the solver it accumulates the sensors' history (``benchmarks/reconstruction_history.py``)."""
+
+    BACKGROUNDS = ("mean", "forecast")
 
     def __init__(self, grid, equation, observations=None, nudge: float = 1.0, basis: str | None = None,
-                 modes: int = 20, ridge: float | str = 1e-3, shifts: str = "none", copies: int = 1) -> None:
+                 modes: int = 20, ridge: float | str = 1e-3, shifts: str = "none", copies: int = 1,
+                 background: str = "mean", forecast_error: float = 1.0) -> None:
         super().__init__(grid, equation, observations, nudge)
+        if background not in self.BACKGROUNDS:
+            raise ValueError(f"unknown gappy_pod background {background!r}; choose one of {list(self.BACKGROUNDS)}")
+        if not forecast_error > 0:
+            raise ValueError(f"gappy_pod forecast_error must be > 0 (a fraction of the snapshots' variance), "
+                             f"got {forecast_error}")
+        self.background, self.forecast_error = background, float(forecast_error)
         from latent.pod import fit_pod, load_snapshots
 
         if basis is None:
@@ -98,11 +112,30 @@ class GappyPOD(Reconstruction):
     def example_options(cls, truth_path) -> dict:
         return {"basis": str(truth_path), "modes": 1}
 
-    def reconstruct(self, y, noise_var):
-        from latent.pod import gappy_reconstruct, posterior_ridge
+    def _ridge(self, noise_var: float) -> float:
+        from latent.pod import posterior_ridge
 
-        ridge = posterior_ridge(self.basis, noise_var) if self.ridge == "posterior" else self.ridge
-        return gappy_reconstruct(self.basis, y[None].to(torch.float64), self.rows, ridge)
+        return posterior_ridge(self.basis, noise_var) if self.ridge == "posterior" else self.ridge
+
+    def reconstruct(self, y, noise_var):
+        from latent.pod import gappy_reconstruct
+
+        return gappy_reconstruct(self.basis, y[None].to(torch.float64), self.rows, self._ridge(noise_var))
+
+    def analysis(self, X, HX, obs, state):
+        if self.background == "mean":
+            return super().analysis(X, HX, obs, state)
+        from latent.pod import gappy_reconstruct
+
+        y = obs.y.to(torch.float64).expand(X.shape[0], -1)
+        noise_var = float(obs.r.mean())  # B = forecast_error C: the noise weighs 1 / forecast_error more
+        ridge = (self._ridge(noise_var / self.forecast_error) if self.ridge == "posterior"
+                 else self.ridge / self.forecast_error)
+        return gappy_reconstruct(self.basis, y, self.rows, ridge, background=X).reshape(X.shape)
+
+    def describe(self) -> str:
+        about = "" if self.background == "mean" else f" (forecast_error {self.forecast_error:g})"
+        return f"{super().describe()}, background {self.background}{about}"
 
 
 @register("sparse_recon")

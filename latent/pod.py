@@ -80,15 +80,23 @@ def qr_sensors(basis: PODBasis, count: int) -> torch.Tensor:
 
 
 def gappy_reconstruct(basis: PODBasis, values: torch.Tensor, sensor_rows: torch.Tensor,
-                      ridge: float = 0.0) -> torch.Tensor:
+                      ridge: float = 0.0, background: torch.Tensor | None = None) -> torch.Tensor:
     """Least-squares fit of the POD coefficients to sensor ``values`` ``(batch, sensors)``, then the
     full field ``(batch, x, y)``. ``sensor_rows`` ``(sensors, x*y)`` maps a flattened field to the
     sensors (``ObservationOperator.matrix()``, or one-hot rows for grid points); ``ridge`` adds
-    Tikhonov regularisation scaled by the modes' energy (for noisy or fewer-than-modes sensors)."""
+    Tikhonov regularisation scaled by the modes' energy (for noisy or fewer-than-modes sensors).
+
+    ``background`` ``(batch, x*y)``: fit the modes to the misfit of this field instead of the snapshots' mean
+    and add them to it (with :func:`posterior_ridge`, the optimal-interpolation / 3D-Var analysis of a forecast
+    with the snapshots' covariance as its error covariance; cycled with the solver it uses the sensors' history)."""
     if values.shape[-1] != sensor_rows.shape[0]:
         raise ValueError(f"{values.shape[-1]} sensor values for {sensor_rows.shape[0]} sensor rows")
     A = sensor_rows @ basis.modes.T  # (sensors, modes)
-    return basis.expand(gappy_coefficients(A, values - (sensor_rows @ basis.mean)[None], basis.energy, ridge))
+    if background is None:
+        return basis.expand(gappy_coefficients(A, values - (sensor_rows @ basis.mean)[None], basis.energy, ridge))
+    background = background.reshape(values.shape[0], -1)
+    coeffs = gappy_coefficients(A, values - background @ sensor_rows.T, basis.energy, ridge)
+    return (background + coeffs @ basis.modes).reshape(-1, *basis.shape)
 
 
 def gappy_coefficients(A: torch.Tensor, b: torch.Tensor, energy: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:

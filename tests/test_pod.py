@@ -73,3 +73,24 @@ def test_posterior_ridge_gives_the_gaussian_posterior_mean_and_tracks_dropped_va
     small = basis.truncate(5)
     assert small.tail == pytest.approx(float(basis.energy[5:].sum()) / flat.shape[1], rel=1e-12)
     assert posterior_ridge(small, noise_var) == pytest.approx(noise_var + small.tail)
+
+
+def test_background_fits_the_misfit_of_a_forecast_like_kriging_about_it():
+    """``background``: ``b + C H^T (H C H^T + s^2 I)^-1 (y - H b)``; about the snapshots' mean it is plain gappy POD."""
+    from latent.pod import posterior_ridge
+
+    grid = Grid(16, 2 * math.pi, dtype=torch.float64)
+    snaps = _snapshots(grid, count=30)
+    basis = fit_pod(snaps, modes=29)
+    C = torch.cov(snaps.reshape(30, -1).T)
+    op = ObservationOperator(grid, random_sensors(12, grid.length, torch.Generator().manual_seed(3)))
+    H, noise_var = op.matrix(), 0.05
+    y = op(snaps[:2] + 0.3)
+    b = _snapshots(grid, count=2, seed=7).reshape(2, -1)  # two forecasts, one per row of y
+    kriging = b + (C @ H.T @ torch.linalg.solve(H @ C @ H.T + noise_var * torch.eye(12, dtype=torch.float64),
+                                                (y - b @ H.T).T)).T
+    ridge = posterior_ridge(basis, noise_var)
+    torch.testing.assert_close(gappy_reconstruct(basis, y, H, ridge, background=b).reshape(2, -1), kriging,
+                               rtol=1e-7, atol=1e-8)
+    mean = basis.mean.expand(2, -1)
+    torch.testing.assert_close(gappy_reconstruct(basis, y, H, ridge, background=mean), gappy_reconstruct(basis, y, H, ridge))

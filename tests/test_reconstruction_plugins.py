@@ -120,3 +120,49 @@ def test_gappy_pod_shifted_snapshots_recover_a_shifted_field_the_plain_basis_mis
     start = torch.zeros(1, 32, 32, dtype=torch.float64)
     err = [float((_call(p, grid, eq, start, 0.1)[0] - truth[1]).norm() / truth[1].norm()) for p in (plain, shifted)]
     assert err[0] > 0.5 and err[1] < 1e-6
+
+
+def _shell_fields(grid, count, shells, seed):
+    """``count`` random fields ``(count, x, y)`` of the Fourier modes with ``|k|^2`` in ``shells``."""
+    x, y = grid.coordinates()
+    waves = [(kx, ky) for kx in range(-3, 4) for ky in range(0, 4) if kx * kx + ky * ky in shells and (ky > 0 or kx > 0)]
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(count, len(waves), 2, generator=g, dtype=torch.float64)
+    return sum(a[:, i, 0, None, None] * torch.cos(kx * x + ky * y) + a[:, i, 1, None, None] * torch.sin(kx * x + ky * y)
+               for i, (kx, ky) in enumerate(waves)) / math.sqrt(len(waves))
+
+
+def test_gappy_pod_about_the_forecast_averages_noisy_sensors_over_time_in_closed_loop(tmp_path):
+    """A steady Euler flow (one shell, ``w = 5 psi``) seen by noisy sensors: cycled with the solver
+    (``background: forecast``, a smaller forecast error than the snapshots' spread) the forecast carries the
+    earlier readings and the error falls over the frames (constant gain: to a floor set by ``forecast_error``);
+    the snapshot reconstruction (``background: mean``) stays as noisy as one frame's readings."""
+    from solvers.io import TrajectoryWriter
+    from solvers.rollout import rollout
+
+    grid = Grid(32, 2 * math.pi, dtype=torch.float64)
+    eq = NavierStokes2D(grid, nu=0.0)
+    truth = _shell_fields(grid, 1, {5}, seed=0)  # steady: the convection of a single shell vanishes
+    dt, every, frames = 0.01, 1, 40
+    assert torch.allclose(rollout(truth, eq, dt, 10).w, truth, atol=1e-10)
+    with TrajectoryWriter(tmp_path / "basis.h5", 1, grid.n, {"grid_length": grid.length, "grid_n": grid.n}) as out:
+        for i, w in enumerate(_shell_fields(grid, 300, {1, 2, 4, 5}, seed=1)):  # the prior: 20 directions
+            out.append(float(i), w[None].numpy())
+    times = [i * every * dt for i in range(frames)]
+    obs = Assimilation.example_observations(tmp_path / "truth.h5", grid, truth.expand(frames, -1, -1), times,
+                                            "random:30", 0.5)
+    errors = {}
+    for background in ("mean", "forecast"):
+        plugin = make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "basis.h5"), modes=20,
+                             ridge="posterior", background=background, forecast_error=0.1)
+        rollout(plugin.basis.mean.reshape(1, 32, 32).clone(), eq, dt, every * (frames - 1), plugin=plugin, every=every)
+        errors[background] = np.asarray(plugin.history["rel_rmse_a"])
+    assert len(errors["mean"]) == frames - 1  # the plug-in runs before each step: not at the last frame
+    assert errors["forecast"][0] > errors["mean"][0]  # one frame: the smaller prior variance trusts the readings less
+    late = slice(frames // 2, None)
+    assert errors["forecast"][late].mean() < 0.6 * errors["mean"][late].mean()  # measured 0.18 vs 0.39
+    assert "background forecast (forecast_error 0.1)" in plugin.describe()
+    with pytest.raises(ValueError, match="background"):
+        make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "basis.h5"), background="truth")
+    with pytest.raises(ValueError, match="forecast_error"):
+        make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "basis.h5"), forecast_error=0)
