@@ -114,11 +114,22 @@ def gappy_coefficients(A: torch.Tensor, b: torch.Tensor, energy: torch.Tensor, r
 
 
 def load_snapshots(path, grid) -> torch.Tensor:
-    """Every frame of every member of a project .h5 trajectory, ``(count, x, y)`` float64 on ``grid``'s device."""
-    from solvers.io import read_trajectory
+    """Every frame of every member of a project .h5 trajectory, or the train split's states of a pair file
+    (``train_closure.py generate``), ``(count, x, y)`` float64 on ``grid``'s device."""
+    import h5py
 
-    traj = read_trajectory(path)
-    frames = torch.as_tensor(traj.vorticity, dtype=torch.float64)  # (member, time, x, y)
+    from solvers.io import read_trajectory
+    from solvers.pairs import LAYOUT, read_pairs
+
+    try:
+        with h5py.File(path, "r") as f:
+            pairs = f.attrs.get("layout") in (LAYOUT, LAYOUT.encode())
+    except OSError:  # missing or not HDF5: read_trajectory says which
+        pairs = False
+    if pairs:
+        frames = read_pairs(path, "train").state.to(torch.float64)
+    else:
+        frames = torch.as_tensor(read_trajectory(path).vorticity, dtype=torch.float64)  # (member, time, x, y)
     if frames.shape[-1] != grid.n:
         raise ValueError(f"snapshots in {path} are {frames.shape[-1]}^2, the run is {grid.n}^2; fit the basis on a "
                          f"trajectory of this grid")
