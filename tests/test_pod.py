@@ -94,3 +94,21 @@ def test_background_fits_the_misfit_of_a_forecast_like_kriging_about_it():
                                rtol=1e-7, atol=1e-8)
     mean = basis.mean.expand(2, -1)
     torch.testing.assert_close(gappy_reconstruct(basis, y, H, ridge, background=mean), gappy_reconstruct(basis, y, H, ridge))
+
+
+def test_snapshots_of_a_pair_file_are_its_train_split(tmp_path):
+    import numpy as np
+
+    from latent.pod import load_snapshots
+    from solvers.pairs import write_pairs
+
+    grid = Grid(16, 2 * math.pi, dtype=torch.float64)
+    w = _snapshots(grid, count=12).reshape(4, 3, 16, 16).numpy()  # (traj, time, x, y)
+    path = write_pairs(tmp_path / "pairs.h5", w, w, np.arange(3) * 0.1, np.array([0, 0, 1, 2]),
+                       {"grid_n": 16, "grid_length": grid.length})
+    snaps = load_snapshots(path, grid)
+    torch.testing.assert_close(snaps, torch.as_tensor(w[:2].reshape(6, 16, 16), dtype=torch.float64))
+    with pytest.raises(ValueError, match="16\\^2, the run is 32\\^2"):
+        load_snapshots(path, Grid(32, 2 * math.pi))
+    with pytest.raises(FileNotFoundError):
+        load_snapshots(tmp_path / "missing.h5", grid)
