@@ -38,6 +38,7 @@ from closure.evaluation import coarse_flow
 from latent.pod import fit_pod, gappy_reconstruct, posterior_ridge
 from reconstruction import SHIPPED, load_learned, load_model
 from solvers.diagnostics import rel_l2
+from solvers.figures import save_figure
 from solvers.io import write_results
 from solvers.observation import ObservationOperator, random_sensors
 from solvers.pairs import read_pairs
@@ -223,10 +224,8 @@ def figure(results: dict, path: Path) -> None:
            title=f"reconstruct-then-simulate vs latent, {results['sensors']} sensors")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

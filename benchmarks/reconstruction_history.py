@@ -33,6 +33,7 @@ import torch
 from forecast import prior_basis, resolved_model
 from latent.pod import gappy_reconstruct, posterior_ridge
 from solvers.diagnostics import rel_l2
+from solvers.figures import save_figure
 from solvers.io import write_results
 from solvers.observation import ObservationOperator, random_sensors
 from solvers.pairs import read_pairs
@@ -170,10 +171,8 @@ def figure(results: dict, path: Path) -> None:
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

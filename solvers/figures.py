@@ -15,7 +15,7 @@ import torch
 from . import diagnostics
 from .grid import Grid
 
-__all__ = ["plot_snapshots", "plot_ensemble", "plot_spectrum", "plot_timeseries", "plot_metrics", "plot_assimilation",
+__all__ = ["save_figure", "plot_snapshots", "plot_ensemble", "plot_spectrum", "plot_timeseries", "plot_metrics", "plot_assimilation",
            "plot_run"]
 
 
@@ -23,6 +23,15 @@ def _figure(width: float, height: float):
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` to ``path`` atomically (a temporary file beside it, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=dpi)
+    tmp.replace(path)
+    return path
 
 
 def _field(ax, w: np.ndarray, length: float, title: str, cmap: str = "RdBu_r", symmetric: bool = True):
