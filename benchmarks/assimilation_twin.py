@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     if args.quick:
-        args.n, args.sensors, args.cycles, args.members, args.dt = 32, "regular:8x8", 10, 10, 0.02
+        args.n, args.sensors, args.cycles, args.members, args.dt = 32, "regular:8x8", 10, 10, 0.01
     args.out.mkdir(parents=True, exist_ok=True)
     steps = args.obs_every * args.cycles
     flow = ["--config", str(CONFIG), "--set", f"flow.n={args.n}", "--set", f"flow.dt={args.dt}", "--set", f"flow.nu={args.nu}",
@@ -156,7 +156,7 @@ def table(results: dict) -> str:
 
 
 def figure(results: dict, path: Path) -> None:
-    from solvers.figures import _figure
+    from solvers.figures import _figure, save_figure
 
     reynolds = any("reynolds_final" in r for r in results["methods"].values())
     fig = _figure(11 if reynolds else 7, 3.5)
@@ -174,7 +174,7 @@ def figure(results: dict, path: Path) -> None:
         axes[1].set(xlabel="t", ylabel="ensemble-mean Re = 1/nu (analysis)")
         axes[1].legend(fontsize=8)
     axes[0].legend(fontsize=8)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

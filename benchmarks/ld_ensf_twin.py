@@ -164,7 +164,7 @@ def table(rows: dict) -> str:
 
 
 def figure(rows: dict, times: list[float], path: Path) -> None:
-    from solvers.figures import _figure
+    from solvers.figures import _figure, save_figure
 
     fig = _figure(7, 3.5)
     ax = fig.subplots()
@@ -172,7 +172,7 @@ def figure(rows: dict, times: list[float], path: Path) -> None:
         ax.semilogy(times[: len(r["rel_curve"])], r["rel_curve"], color=f"C{i}", label=name)
     ax.set(xlabel="t", ylabel="relative RMSE of the ensemble mean (analysis)")
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

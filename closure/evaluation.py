@@ -424,7 +424,7 @@ def long_run_table(results: dict) -> str:
 
 
 def _figures(results: dict, out: Path, length: float) -> None:
-    from solvers.figures import _figure
+    from solvers.figures import _figure, save_figure
 
     fig = _figure(12, 3.6)
     ax_err, ax_z, ax_spec = fig.subplots(1, 3)
@@ -443,12 +443,12 @@ def _figures(results: dict, out: Path, length: float) -> None:
     ax_spec.set(xlabel="k", ylabel="E(k) at the last time")
     for ax in (ax_err, ax_z, ax_spec):
         ax.legend(fontsize=7)
-    fig.savefig(out / "evaluation.png", dpi=110)
+    save_figure(fig, out / "evaluation.png", dpi=110)
 
 
 def _long_run_figure(results: dict, out: Path) -> None:
     """``long_run.png``: mean energy spectra and vorticity PDFs of the long runs against the filtered DNS."""
-    from solvers.figures import _figure
+    from solvers.figures import _figure, save_figure
 
     fig = _figure(9, 3.6)
     ax_spec, ax_pdf = fig.subplots(1, 2)
@@ -463,7 +463,7 @@ def _long_run_figure(results: dict, out: Path) -> None:
     ax_pdf.set(xlabel="vorticity", ylabel="PDF")
     for ax in (ax_spec, ax_pdf):
         ax.legend(fontsize=7)
-    fig.savefig(out / "long_run.png", dpi=110)
+    save_figure(fig, out / "long_run.png", dpi=110)
 
 
 def _ref_rms(post: dict) -> float:

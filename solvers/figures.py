@@ -52,8 +52,7 @@ def plot_snapshots(frames: np.ndarray, times: np.ndarray, length: float, path: P
     for ax, w, t in zip(axes, frames, times):
         image = _field(ax, w, length, f"t = {t:.4g}")
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="vorticity")
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_ensemble(members: np.ndarray, t: float, length: float, path: Path) -> Path:
@@ -67,8 +66,7 @@ def plot_ensemble(members: np.ndarray, t: float, length: float, path: Path) -> P
     fig.colorbar(_field(axes[1], mean, length, f"mean of {len(members)} members"), ax=axes[1], shrink=0.8)
     fig.colorbar(_field(axes[2], spread_field, length, f"spread (RMS {total:.3g})", "viridis", False),
                  ax=axes[2], shrink=0.8)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_spectrum(first: np.ndarray, last: np.ndarray, times: tuple[float, float], length: float,
@@ -88,8 +86,7 @@ def plot_spectrum(first: np.ndarray, last: np.ndarray, times: tuple[float, float
     ax.set_xlabel("k (integer shell)")
     ax.set_ylabel("E(k)")
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_timeseries(times: np.ndarray, series: Mapping[str, np.ndarray], path: Path) -> Path:
@@ -103,8 +100,7 @@ def plot_timeseries(times: np.ndarray, series: Mapping[str, np.ndarray], path: P
         ax.plot(times, values.mean(axis=0), color="C0", lw=1.8)
         ax.set_xlabel("t")
         ax.set_ylabel(name)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_metrics(times: np.ndarray, metrics: Mapping[str, np.ndarray], path: Path) -> Path:
@@ -122,8 +118,7 @@ def plot_metrics(times: np.ndarray, metrics: Mapping[str, np.ndarray], path: Pat
     right.set_ylabel("spread (RMS about the ensemble mean)")
     for ax in (left, right):
         ax.set_xlabel("t")
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_assimilation(history: Mapping[str, np.ndarray], path: Path) -> Path:
@@ -137,8 +132,7 @@ def plot_assimilation(history: Mapping[str, np.ndarray], path: Path) -> Path:
         ax.plot(t, saw, ls=ls, color="C0" if key == "rmse" else "C1", label=f"{key} (forecast -> analysis)")
     ax.set(xlabel="t", ylabel="vorticity units", yscale="log")
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_run(path: str | Path, stem: str | Path | None = None, n_snapshots: int = 5) -> list[Path]:
