@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--t-end", metavar="T", type=float, dest="t_end",
                         help="end time (absolute: a run from an --init frame at t0 runs to T)")
     p.add_argument("--every", metavar="N", type=int, help="call the plug-in every N steps (default: the "
-                   "plug-in's default_every)")
+                   "plug-in's default_every; for plug-ins that read sensors, --obs-every wins)")
     p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="floating-point precision of the solver")
     p.add_argument("--seed", type=int, help="seed for the initial states, noise and plug-in sampling")
@@ -141,6 +141,10 @@ def make_plugin(cfg: RunConfig, flow: Flow):
         options["observations"] = observations = twin.sensor_data(
             cfg.observe.truth, flow.grid, cfg.observe.sensors, cfg.observe.noise, cfg.observe.noise_kind,
             cfg.observe.seed, flow.dt / 2, cfg.flow.coarse_grain)
+        if cfg.observe.every and cfg.closure.every and cfg.observe.every != cfg.closure.every:
+            logging.getLogger(__name__).warning(
+                "closure %r runs at the observation times: every %d steps (--obs-every), not closure.every = %d",
+                cfg.closure.name, cfg.observe.every, cfg.closure.every)
         every = cfg.observe.every or cfg.closure.every or cls.default_every
         _check_observation_times(observations, flow, every, flow.t0 if cfg.t0 is None else cfg.t0)
     plugin = closure.make_plugin(cfg.closure.name, flow.grid, flow.equation, **options)

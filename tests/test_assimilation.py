@@ -88,6 +88,17 @@ def test_sensor_data_is_the_same_for_every_method(runs):
     assert not torch.equal(c.at(1.0).y, oa.y)
 
 
+def test_obs_every_sets_the_assimilation_period_and_a_different_every_is_named(runs, tmp_path, caplog):
+    out = tmp_path / "a.h5"
+    with caplog.at_level("WARNING"):
+        assert simulate.main(FLOW + ["--no-figures", "--out", str(out), "--closure", "enkf", "--ensemble", "4",
+                                     "--observe", str(runs["truth"]), "--obs-every", "10", "--every", "5"]) == 0
+    assert "every 10 steps (--obs-every), not closure.every = 5" in caplog.text
+    with h5py.File(out) as f:
+        analysed = f["assimilation/time"][:]
+    assert len(analysed) > 1 and np.allclose(np.diff(analysed), 10 * 0.02)  # every 10 steps of dt 0.02, not 5
+
+
 def test_twin_experiment_input_errors(runs, tmp_path, capsys):
     base = FLOW + ["--no-figures", "--out", str(tmp_path / "x.h5")]
     assert simulate.main(base + ["--closure", "letkf", "--ensemble", "4"]) == 2
