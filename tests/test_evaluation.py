@@ -104,7 +104,7 @@ def test_split_runs_merge_into_one_table(e1_data, tmp_path):
 
 
 def test_merge_refuses_another_dataset(e1_data, tmp_path):
-    from closure.evaluation import load_results
+    from closure.evaluation_report import load_results
 
     evaluate(e1_data, ["none"], {}, tmp_path, device="cpu", dtype="float64")
     with pytest.raises(ValueError, match="same dataset"):
