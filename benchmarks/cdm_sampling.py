@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from latent.models import build_model
-from latent.training import CONFIG_DIR, load_train_config
+from latent.train_config import CONFIG_DIR, load_train_config
 from solvers import Grid, NavierStokes2D
 from solvers.forcing import make_forcing
 from solvers.io import atomic_write_text

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from latent.models import build_model
-from latent.training import CONFIG_DIR, Job, _LossModule, load_train_config, train_epoch
+from latent.train_config import CONFIG_DIR, load_train_config
+from latent.training import Job, _LossModule, train_epoch
 from solvers.io import atomic_write_text
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "training_throughput.json"

@@ -20,9 +20,9 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,114 +30,16 @@ import yaml
 from torch import nn
 
 from solvers import pairs, parallel
-from solvers.config import build_dataclass, parse_overrides, read_yaml_mapping, set_dotted  # the project's YAML -> dataclass helpers
+from solvers.config import check, parse_overrides
 
 from .checkpoint import flow_fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .models import Normalization, build_model, model_class
+from .train_config import CONFIG_DIR, DTYPES, TrainConfig, config_to_yaml, load_train_config, lr_factor
 
-__all__ = ["TrainConfig", "load_train_config", "add_arguments", "run", "fit", "prepare"]
+__all__ = ["add_arguments", "run", "fit", "prepare"]
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = "fno"  # a latent.models registry name
-    kwargs: dict = field(default_factory=dict)  # constructor arguments, stored in every checkpoint
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    name: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float | None = None  # max global gradient norm; null: no clipping
-
-    def __post_init__(self) -> None:
-        _check(self.name == "adam", f"unknown optimizer.name {self.name!r}; choose one of ['adam']")
-        _check(self.lr > 0 and self.weight_decay >= 0,
-               f"need optimizer.lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    kind: str = "step"  # none | step (lr * gamma^(epoch // step_size)) | cosine (lr -> min_lr over epochs)
-    step_size: int = 100
-    gamma: float = 0.5
-    min_lr: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check(self.kind in ("none", "step", "cosine"),
-               f"unknown schedule.kind {self.kind!r}; choose one of ['none', 'step', 'cosine']")
-        _check(self.step_size >= 1 and self.gamma > 0,
-               f"need schedule.step_size >= 1 and gamma > 0, got {self.step_size}, {self.gamma}")
-
-
-@dataclass(frozen=True)
-class EarlyStoppingConfig:
-    patience: int | None = None  # stop after this many epochs without a val-loss improvement; null: never
-    min_delta: float = 0.0  # an improvement must lower the best val loss by more than this
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run (see configs/train_fno.yaml for a commented example)."""
-
-    closure: str = "fno"
-    data: str | None = None
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    epochs: int = 100
-    batch_size: int = 32
-    seed: int = 0
-    device: str | None = None
-    dtype: str = "float32"
-    out: str | None = None
-    init_from: str | None = None  # warm start: the model weights of this checkpoint (same model; kwargs may differ)
-
-    def __post_init__(self) -> None:
-        _check(self.epochs >= 0 and self.batch_size >= 1,
-               f"need epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
-        _check(self.dtype in _DTYPES, f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
-
-
-def load_train_config(path: str | Path | None, overrides: Mapping[str, Any] = (),
-                      base: Mapping | None = None) -> TrainConfig:
-    """YAML file (or ``base`` mapping) then ``{"dotted.key": value}`` overrides; unknown keys are errors."""
-    data = dict(base or {})
-    if path is not None:
-        data = read_yaml_mapping(path, "training config", "configs/train_*.yaml")
-    for key, value in dict(overrides).items():
-        set_dotted(data, key, value)
-    try:
-        return build_dataclass(TrainConfig, data)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}" if path else str(err)) from err
-
-
-def config_to_yaml(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, default_flow_style=None)
-
-
-def lr_factor(cfg: TrainConfig, epoch: int) -> float:
-    """Learning-rate multiplier for ``epoch`` (closed form, so a resumed run follows the same curve)."""
-    s = cfg.schedule
-    if s.kind == "step":
-        return s.gamma ** (epoch // s.step_size)
-    if s.kind == "cosine":
-        floor = s.min_lr / cfg.optimizer.lr
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(epoch, cfg.epochs) / max(cfg.epochs, 1)))
-    return 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,19 +78,19 @@ def _resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
              "device": args.device, "seed": args.seed}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.resume:
-        _check(args.config is None,
+        check(args.config is None,
                "--resume takes the config stored in the checkpoint; change keys with --set, not --config")
-        _check(args.out is not None or args.closure is not None, "--resume needs --out DIR (the run to continue)")
+        check(args.out is not None or args.closure is not None, "--resume needs --out DIR (the run to continue)")
         out = Path(args.out or f"runs/{args.closure}")
         stored = yaml.safe_load(load_checkpoint(out / "last.pt").payload["config"]) or {}
         return load_train_config(None, overrides, base=stored), out
-    _check(args.closure is not None or args.config is not None, "give --closure NAME (e.g. fno) or --config FILE")
+    check(args.closure is not None or args.config is not None, "give --closure NAME (e.g. fno) or --config FILE")
     if args.config is None:
         _check_learned(args.closure)
     path = args.config or CONFIG_DIR / f"train_{args.closure}.yaml"
     cfg = load_train_config(path, overrides)
     out = Path(cfg.out or f"runs/{cfg.closure}")
-    _check(not (out / "last.pt").exists(),
+    check(not (out / "last.pt").exists(),
            f"{out} already holds a training run; continue it with --resume or choose another --out")
     return cfg, out
 
@@ -228,7 +130,7 @@ def _load_data(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> tu
     """Normalised ``(state, target)`` per split: pairs ``(sample, x, y)`` twice, or, for models whose
     ``samples`` is ``"trajectories"``, whole trajectories ``(traj, time, x, y)`` and their raw parameters
     ``(traj, params)`` (float64, e.g. Re), after the model's ``check_data(attrs)``."""
-    _check(cfg.data is not None, "no dataset: pass --data FILE (a closure-pair HDF5 file)")
+    check(cfg.data is not None, "no dataset: pass --data FILE (a closure-pair HDF5 file)")
     model_cls = model_class(cfg.model.name)
     if getattr(model_cls, "samples", "pairs") == "trajectories":
         return _load_trajectories(cfg, model_cls, device, dtype)
@@ -253,10 +155,10 @@ def _meta(cfg: TrainConfig, train) -> dict:
     """Grid, flow fingerprint and normalisation of the train split (pairs or trajectories), checking the
     file's grid attributes against its fields."""
     attrs = train.attrs
-    _check("grid_n" in attrs and "grid_length" in attrs,
+    check("grid_n" in attrs and "grid_length" in attrs,
            f"{cfg.data} lacks the grid_n / grid_length attributes; regenerate it")
     n = int(attrs["grid_n"])
-    _check(train.state.shape[-1] == n, f"{cfg.data}: fields are {tuple(train.state.shape[-2:])} but grid_n={n}")
+    check(train.state.shape[-1] == n, f"{cfg.data}: fields are {tuple(train.state.shape[-2:])} but grid_n={n}")
     return {"grid": {"n": n, "length": float(attrs["grid_length"])}, "flow": flow_fingerprint(attrs),
             "normalization": Normalization.from_stats(train.stats)}
 
@@ -265,14 +167,14 @@ def _check_learned(name: str) -> None:
     import closure
 
     learned = [n for n in closure.available() if getattr(closure.plugin_class(n), "requires_checkpoint", False)]
-    _check(name in learned, f"closure {name!r} has no trainable model; choose one of {learned}")
+    check(name in learned, f"closure {name!r} has no trainable model; choose one of {learned}")
 
 
 def _warm_start(model: nn.Module, path: str) -> None:
     """Load the weights (and buffers) of checkpoint ``path`` into ``model``: the same registry model whose
     tensors all have the same shapes (training-only kwargs such as a phase length may differ)."""
     saved = load_checkpoint(path).payload["model"]
-    _check(saved["name"] == model.spec["name"],
+    check(saved["name"] == model.spec["name"],
            f"init_from {path} holds a {saved['name']!r} model, this run trains {model.spec['name']!r}")
     try:
         model.load_state_dict(saved["state_dict"])
@@ -287,7 +189,7 @@ def _restore(path: Path, meta: dict, model, optimizer, scheduler, state: dict) -
     ckpt = load_checkpoint(path, grid=(meta["grid"]["n"], meta["grid"]["length"]), flow=meta["flow"],
                            normalization=meta["normalization"])
     saved = ckpt.payload["model"]
-    _check(saved["name"] == model.spec["name"] and saved["kwargs"] == model.spec["kwargs"],
+    check(saved["name"] == model.spec["name"] and saved["kwargs"] == model.spec["kwargs"],
            f"the model section differs from the checkpoint's ({saved['name']} {saved['kwargs']}); "
            f"it cannot change on --resume")
     model.load_state_dict(saved["state_dict"])
@@ -307,13 +209,13 @@ def prepare(args: argparse.Namespace) -> Job:
     cfg, out = _resolve_config(args)
     _check_learned(cfg.closure)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    _check(torch.device(device).type != "cuda" or torch.cuda.is_available(),
+    check(torch.device(device).type != "cuda" or torch.cuda.is_available(),
            f"device {device!r} requested but CUDA is not available; use --device cpu")
-    _check(args.stop_after is None or args.stop_after >= 1, f"--stop-after must be >= 1, got {args.stop_after}")
+    check(args.stop_after is None or args.stop_after >= 1, f"--stop-after must be >= 1, got {args.stop_after}")
     parallel.init(device)
     device = parallel.local_device(device)
     cfg = dataclasses.replace(cfg, device=str(device), out=str(out))
-    dtype = _DTYPES[cfg.dtype]
+    dtype = DTYPES[cfg.dtype]
     data, meta = _load_data(cfg, device, dtype)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, **cfg.model.kwargs).to(device, dtype)

@@ -1,4 +1,4 @@
-"""The training loop (latent/training.py) through `train_closure.py train`, on a tiny 16^2 dataset.
+"""The training loop (latent/training.py) through `train_closure.py train`, on a tiny 16^2 dataset (config: test_train_config.py).
 
 The dataset's target is the exact convection term -u.grad w of its state (E1's closure target), a
 smooth function of the state an FNO can learn. ``write_tiny_pairs`` is shared with the other
@@ -15,7 +15,7 @@ import yaml
 import simulate
 import train_closure
 from latent.checkpoint import load_checkpoint
-from latent.training import TrainConfig, load_train_config, lr_factor
+from latent.train_config import load_train_config
 from solvers import Grid, NavierStokes2D
 from solvers.config import config_to_yaml, load_config
 from solvers.forcing import kolmogorov_forcing
@@ -130,13 +130,6 @@ def test_early_stopping(dataset, tmp_path, capsys):
     assert load_checkpoint(tmp_path / "run" / "best.pt").epoch == 1
 
 
-@pytest.mark.parametrize("kind, expected", [("none", [1, 1, 1, 1]), ("step", [1, 1, 0.5, 0.5]),
-                                            ("cosine", [0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])])
-def test_lr_schedules(kind, expected):
-    cfg = load_train_config(None, {"schedule.kind": kind, "schedule.step_size": 2, "epochs": 4})
-    assert [lr_factor(cfg, e) for e in range(4)] == pytest.approx(expected)
-
-
 def test_step_schedule_in_log(dataset, tmp_path):
     assert train(dataset, tmp_path / "run", "--set", "schedule={kind: step, step_size: 1, gamma: 0.5}", epochs=3) == 0
     assert [float(r["lr"]) for r in read_log(tmp_path / "run")] == pytest.approx([5e-3, 2.5e-3, 1.25e-3])
@@ -193,18 +186,6 @@ def test_tensorboard_is_optional(dataset, tmp_path, capsys):
         assert "the tensorboard package is not installed" in capsys.readouterr().err
     else:
         assert any((tmp_path / "run" / "tensorboard").iterdir())
-
-
-def test_config_file_round_trip(tmp_path):
-    from latent.training import CONFIG_DIR, config_to_yaml as train_yaml
-
-    cfg = load_train_config(CONFIG_DIR / "train_fno.yaml")
-    assert cfg.model.kwargs == {"modes": 12, "width": 32, "layers": 4, "hidden": 128}
-    assert (cfg.optimizer.lr, cfg.schedule.kind, cfg.schedule.step_size, cfg.schedule.gamma) == (1e-3, "step", 100, 0.5)
-    assert (cfg.epochs, cfg.batch_size, cfg.early_stopping.patience) == (500, 64, 50)
-    assert load_train_config(None) == TrainConfig()  # every key has a default
-    (tmp_path / "c.yaml").write_text(train_yaml(cfg))
-    assert load_train_config(tmp_path / "c.yaml") == cfg
 
 
 def test_divergence_is_reported(dataset, tmp_path, capsys):
