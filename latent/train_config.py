@@ -11,16 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 import yaml
 
-from solvers.config import build_dataclass, check, read_yaml_mapping, set_dotted  # the project's YAML -> dataclass helpers
+from solvers.config import DTYPES, build_dataclass, check, read_yaml_mapping, set_dotted  # the project's YAML -> dataclass helpers
 
-__all__ = ["CONFIG_DIR", "DTYPES", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "EarlyStoppingConfig", "TrainConfig",
+__all__ = ["CONFIG_DIR", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "EarlyStoppingConfig", "TrainConfig",
            "load_train_config", "config_to_yaml", "lr_factor"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,11 @@ from torch import nn
 
 from solvers import pairs, parallel
 from solvers.config import check, parse_overrides
+from solvers.setup import torch_dtype
 
 from .checkpoint import flow_fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .models import Normalization, build_model, model_class
-from .train_config import CONFIG_DIR, DTYPES, TrainConfig, config_to_yaml, load_train_config, lr_factor
+from .train_config import CONFIG_DIR, TrainConfig, config_to_yaml, load_train_config, lr_factor
 
 __all__ = ["add_arguments", "run", "fit", "prepare"]
 
@@ -215,7 +216,7 @@ def prepare(args: argparse.Namespace) -> Job:
     parallel.init(device)
     device = parallel.local_device(device)
     cfg = dataclasses.replace(cfg, device=str(device), out=str(out))
-    dtype = DTYPES[cfg.dtype]
+    dtype = torch_dtype(cfg.dtype)
     data, meta = _load_data(cfg, device, dtype)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, **cfg.model.kwargs).to(device, dtype)
