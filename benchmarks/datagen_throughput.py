@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from solvers.datagen import load_data_config, make_plan, resolve_data_config, simulate_batch
+from solvers.data_config import load_data_config, resolve_data_config
+from solvers.datagen import make_plan, simulate_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "datagen_throughput.json"

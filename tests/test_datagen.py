@@ -9,7 +9,8 @@ import yaml
 
 import train_closure
 from solvers import datagen
-from solvers.datagen import generate, load_data_config, make_plan
+from solvers.data_config import load_data_config
+from solvers.datagen import generate, make_plan
 from solvers.filters import coarse_grain, e1_closure_target, les_closure_term, subsample
 from solvers.pairs import SPLITS, read_attrs, read_pairs, split_stats
 from solvers.stepping import make_stepper
@@ -189,24 +190,6 @@ def test_batch_size_changes_only_round_off(tmp_path):
     b = datasets(make(tmp_path, name="b4.h5", batch=4))
     np.testing.assert_allclose(a["state"], b["state"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(a["reference/state"][:, 0], b["reference/state"][:, 0], rtol=0, atol=1e-6)  # t = 0
-
-
-@pytest.mark.parametrize("change,match", [
-    ({"splits": {"train": 1, "val": 1, "test": 1}}, "must add up to trajectories=4"),
-    ({"coarse": {"n": 16, "method": "gaussian"}}, "kind e1 needs coarse.method subsample"),
-    ({"coarse": {"n": 12, "method": "subsample"}}, "multiple of it"),
-    ({"record": {"start": 0.0205, "end": 0.05, "dt": 0.01}}, "multiples of dns.dt"),
-    ({"reference": {"start": 0.1, "end": 0.05, "dt": 0.01}}, "0 <= start < end"),
-    ({"bogus": 1}, "unknown config key 'bogus'"),
-])
-def test_bad_configs_name_the_problem(tmp_path, change, match):
-    with pytest.raises(ValueError, match=match):
-        load_data_config(config(tmp_path, **change))
-
-
-def test_dns_dt_must_be_fixed(tmp_path):
-    with pytest.raises(ValueError, match="fixed dns.dt"):
-        load_data_config(config(tmp_path), ["dns.dt=null"])
 
 
 def test_shipped_data_configs_load():

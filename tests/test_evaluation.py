@@ -9,7 +9,8 @@ import yaml
 import train_closure
 from closure import Plugin, register
 from closure.evaluation import a_priori, coarse_flow, evaluate
-from solvers.datagen import generate, load_data_config
+from solvers.data_config import load_data_config
+from solvers.datagen import generate
 from solvers.pairs import read_attrs, read_pairs
 
 E1 = {  # 32^2 DNS -> 16^2, 3 trajectories (1/1/1), reference window of 6 frames

@@ -13,7 +13,8 @@ from closure import Plugin, register
 from closure.evaluation import evaluate
 from closure.statistics import compare, reference_statistics, run_statistics, spread_skill
 from solvers import Grid, diagnostics
-from solvers.datagen import generate, load_data_config
+from solvers.data_config import load_data_config
+from solvers.datagen import generate
 from solvers.initial_conditions import band_limited
 from solvers.random import normal_like
 from test_datagen import E2  # 32^2 Kolmogorov DNS -> 16^2 LES, 3 trajectories (1/1/1), reference t = 0.2..0.4
