@@ -110,7 +110,7 @@ def _figures(results: dict, out: Path, length: float) -> None:
     fig = _figure(12, 3.6)
     ax_err, ax_z, ax_spec = fig.subplots(1, 3)
     for i, (name, r) in enumerate(results["closures"].items()):
-        post, color = r["a_posteriori"], f"C{i}"
+        post, color, name = r["a_posteriori"], f"C{i}", _label(name)
         ax_err.semilogy(post["times"], np.maximum(post["ens_mean_rel_l2"], 1e-12), color=color, label=name)
         if max(post["spread"]) > 0:
             ax_err.semilogy(post["times"], np.maximum(post["spread"], 1e-12) / _ref_rms(post), color=color, ls=":")
@@ -131,7 +131,7 @@ def _long_run_figure(results: dict, out: Path) -> None:
     """``long_run.png``: mean energy spectra and vorticity PDFs of the long runs against the filtered DNS."""
     fig = _figure(9, 3.6)
     ax_spec, ax_pdf = fig.subplots(1, 2)
-    curves = [(name, r["long_run"], f"C{i}", "-") for i, (name, r) in enumerate(results["closures"].items())
+    curves = [(_label(name), r["long_run"], f"C{i}", "-") for i, (name, r) in enumerate(results["closures"].items())
               if r.get("long_run", {}).get("spectrum") is not None]
     for name, s, color, ls in curves + [("filtered DNS", results["long_run_reference"], "k", "--")]:
         spectrum = np.asarray(s["spectrum"])
@@ -143,6 +143,11 @@ def _long_run_figure(results: dict, out: Path) -> None:
     for ax in (ax_spec, ax_pdf):
         ax.legend(fontsize=7)
     save_figure(fig, out / "long_run.png", dpi=110)
+
+
+def _label(name: str) -> str:
+    """A legend label for plug-in ``name`` (matplotlib hides labels that start with an underscore)."""
+    return name.lstrip("_") or name
 
 
 def _ref_rms(post: dict) -> float:
