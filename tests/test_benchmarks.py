@@ -1,0 +1,76 @@
+"""The E4 benchmark scripts run end to end on a tiny generated E1 dataset (no checkpoints): a smoke test that
+keeps them in step with the library (their figures come from real runs in benchmarks/results/)."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from solvers.data_config import load_data_config
+from solvers.datagen import generate
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+E1 = {  # 32^2 DNS -> 16^2, 4 trajectories (2/1/1), 10 records 0.02 apart
+    "kind": "e1",
+    "dns": {"n": 32, "length": 1.0, "nu": 1e-3, "forcing": {"kind": "fno", "params": {"amplitude": 0.1}},
+            "noise": None, "init": {"kind": "grf", "params": {}}, "dt": 2e-3, "stepper": "euler_cn"},
+    "coarse": {"n": 16, "method": "subsample"},
+    "trajectories": 4, "splits": {"train": 2, "val": 1, "test": 1}, "batch": 4,
+    "record": {"start": 0.0, "end": 0.2, "dt": 0.02}, "reference": {"start": 0.0, "end": 0.2, "dt": 0.1},
+    "store_dns": False, "device": "cpu", "dtype": "float64",
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    (tmp / "e1.yaml").write_text(yaml.safe_dump(E1 | {"out": str(tmp / "e1.h5")}))
+    generate(load_data_config(tmp / "e1.yaml"), progress=False)
+    return tmp / "e1.h5"
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    sys.path.insert(0, str(BENCHMARKS))
+    import forecast
+    import reconstruction
+    import reconstruction_history
+
+    yield reconstruction, reconstruction_history, forecast
+    sys.path.remove(str(BENCHMARKS))
+
+
+def test_reconstruction_table_covers_every_fraction_layout_and_noise(data, scripts, tmp_path):
+    out = tmp_path / "r.json"
+    assert scripts[0].main(["--data", str(data), "--fields", "3", "--fractions", "10", "30", "--checkpoint", "none",
+                            "--snapshots", "20", "--copies", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    # per fraction and noise: 4 methods x (fixed, changing) + gappy_pod on the QR layout
+    assert len(rows) == 2 * 2 * (4 * 2 + 1) and all(math.isfinite(r["rel_l2"]) for r in rows)
+    assert out.with_suffix(".md").read_text().count("gappy_pod_posterior") == 2 * 2 * 2
+
+
+def test_history_cycles_every_frame_and_writes_its_figure(data, scripts, tmp_path):
+    out = tmp_path / "h.json"
+    assert scripts[1].main(["--data", str(data), "--fractions", "20", "--frames", "6", "--starts", "2",
+                            "--modes", "20", "--copies", "2", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [(r["noise"], r["layout"]) for r in results["rows"]] == [(0.0, "fixed"), (0.0, "changing"),
+                                                                   (0.1, "fixed"), (0.1, "changing")]
+    assert all(len(r["rel_l2"]) == 6 and 0 <= r["floor"] < 1 for r in results["rows"])
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="fewer than --frames 99"):
+        scripts[1].main(["--data", str(data), "--frames", "99", "--json", str(out)])
+
+
+def test_forecast_runs_from_every_start_over_the_horizon(data, scripts, tmp_path):
+    out = tmp_path / "f.json"
+    assert scripts[2].main(["--data", str(data), "--starts", "2", "--horizon", "4", "--modes", "10", "--copies", "2",
+                            "--checkpoint", "none", "--json", str(out)]) == 0
+    curves = json.loads(out.read_text())["curves"]
+    assert set(curves) == {"truth", "cubic", "gappy_pod"}
+    assert all(len(c["rel_l2"]) == 5 for c in curves.values())
+    assert curves["truth"]["rel_l2"][0] == 0.0
+    assert scripts[2].main(["--data", str(tmp_path / "missing.h5"), "--json", str(out)]) == 2
