@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from solvers.random import normal_like
+from solvers.random import MemberRNG, normal_like
 
 __all__ = ["ensf_analysis", "schedule", "prior_score", "tweedie_likelihood_score", "GUIDANCE"]
 
@@ -47,14 +47,19 @@ def schedule(t: float, eps_alpha: float, eps_beta: float) -> tuple[float, float,
     return alpha, beta2, f, (1 - eps_beta) - 2 * f * beta2
 
 
-def posterior_weights(x: torch.Tensor, x0: torch.Tensor, alpha: float, beta2: float) -> torch.Tensor:
-    """``p(x0_j | x_t = x)`` ``(particles, members)``: softmax of ``-|x - alpha x0_j|^2 / (2 beta^2)``."""
-    return torch.softmax(-torch.cdist(x, alpha * x0).pow(2) / (2 * beta2), dim=1)
+def posterior_weights(x: torch.Tensor, x0: torch.Tensor, alpha: float, beta2: float,
+                      x0_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """``p(x0_j | x_t = x)`` ``(particles, members)``: softmax of ``-|x - alpha x0_j|^2 / (2 beta^2)``, computed as
+    the softmax of ``(2 alpha x . x0_j - alpha^2 |x0_j|^2) / (2 beta^2)`` (``|x|^2`` is the same for every ``j``);
+    ``x0_sq``: ``|x0_j|^2`` ``(members,)`` if already known."""
+    x0_sq = (x0 * x0).sum(1) if x0_sq is None else x0_sq
+    return torch.softmax(torch.addmm(x0_sq, x, x0.T, beta=-alpha ** 2, alpha=2 * alpha) / (2 * beta2), dim=1)
 
 
-def prior_score(x: torch.Tensor, x0: torch.Tensor, alpha: float, beta2: float) -> torch.Tensor:
+def prior_score(x: torch.Tensor, x0: torch.Tensor, alpha: float, beta2: float,
+                x0_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Score ``(particles, dim)`` at ``x`` of the diffused ensemble ``x0`` ``(members, dim)`` (a Gaussian mixture)."""
-    return (alpha * posterior_weights(x, x0, alpha, beta2) @ x0 - x) / beta2
+    return (alpha * posterior_weights(x, x0, alpha, beta2, x0_sq) @ x0 - x) / beta2
 
 
 def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r) -> torch.Tensor:
@@ -91,11 +96,17 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
                   steps: int = 100, eps_alpha: float = 0.05, eps_beta: float = 0.0, clip: float | None = None,
                   particles: int | None = None, guidance: str = "damped") -> torch.Tensor:
     """EnSF analysis ``(particles, dim)`` (default: as many as members) of the forecast ``x0`` ``(members, dim)``
-    for observations ``y`` ``(obs,)`` of ``H`` ``(obs, dim)`` with noise variances ``r`` ``(obs,)``.
+    for observations ``y`` ``(obs,)`` of ``H`` ``(obs, dim)`` with noise variances ``r`` ``(obs,)``; ``H = None``:
+    every component observed (``obs = dim``, LD-EnSF's latent observation), without the products by ``H``.
 
     ``guidance``: ``damped`` (the paper's ``h(t) grad log p(y | x_t)``, ``h = 1 - t``) or ``tweedie``
-    (:func:`tweedie_likelihood_score`); ``generator``: a ``torch.Generator`` or a per-member
-    :class:`~solvers.random.MemberRNG` (then ``particles`` must equal the members)."""
+    (:func:`tweedie_likelihood_score`); ``generator``: a ``torch.Generator`` (all the pseudo-time noise drawn in
+    one call) or a per-member :class:`~solvers.random.MemberRNG` (then ``particles`` must equal the members)."""
+    if H is None:
+        if y.shape[-1] != x0.shape[1]:
+            raise ValueError(f"H = None observes every component: need {x0.shape[1]} observations, got {y.shape[-1]}")
+        if guidance == "tweedie":
+            H = torch.eye(x0.shape[1], dtype=x0.dtype, device=x0.device)
     if guidance not in GUIDANCE:
         raise ValueError(f"unknown EnSF guidance {guidance!r}; choose one of {list(GUIDANCE)}")
     if steps < 1 or not 0 < eps_alpha < 1 or not 0 <= eps_beta < 1:
@@ -103,18 +114,40 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
     m, dim = x0.shape
     particles = particles or m
     like_x0 = torch.empty(particles, dim, dtype=x0.dtype, device=x0.device)
-    x = normal_like(like_x0, generator)
-    dt = 1.0 / steps
+    if isinstance(generator, MemberRNG):  # each member's own stream, step by step
+        draws = (normal_like(like_x0, generator) for _ in range(steps + 1))
+    else:
+        draws = iter(torch.randn((steps + 1, particles, dim), generator=generator, dtype=x0.dtype, device=x0.device))
+    x, x0_sq, dt = next(draws), (x0 * x0).sum(1), 1.0 / steps
+    if guidance == "damped" and H is None and clip is None:
+        return _damped_identity(x, x0, x0_sq, y, r, draws, steps, eps_alpha, eps_beta)
     for i in range(steps):
         t = 1.0 - i * dt
         alpha, beta2, f, g2 = schedule(t, eps_alpha, eps_beta)
-        if guidance == "damped":
-            like = (1 - t) * ((y - x @ H.T) / r) @ H
-        else:
+        if guidance == "tweedie":
             like = tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r)
+        elif H is None:
+            like = (1 - t) * (y - x) / r
+        else:
+            like = (1 - t) * ((y - x @ H.T) / r) @ H
         if clip is not None:
             like = like.clamp(-clip, clip)
-        score = prior_score(x, x0, alpha, beta2) + like
-        noise = normal_like(like_x0, generator)
-        x = x - (f * x - g2 * score) * dt + math.sqrt(g2 * dt) * noise
+        score = prior_score(x, x0, alpha, beta2, x0_sq) + like
+        x = x - (f * x - g2 * score) * dt + math.sqrt(g2 * dt) * next(draws)
+    return x
+
+
+def _damped_identity(x, x0, x0_sq, y, r, draws, steps: int, eps_alpha: float, eps_beta: float) -> torch.Tensor:
+    """:func:`ensf_analysis`'s loop for damped guidance with ``H = I`` and no clipping, its Euler-Maruyama step
+    ``x - (f x - g^2 (s_prior + (1 - t)(y - x) / r)) dt + sqrt(g^2 dt) noise`` regrouped into a few fused
+    operations (LD-EnSF's latent analysis: a few hundred dimensions, where the per-operation overhead dominates)."""
+    dt, inv_r, y_r = 1.0 / steps, 1.0 / r, y / r
+    for i in range(steps):
+        t = 1.0 - i * dt
+        alpha, beta2, f, g2 = schedule(t, eps_alpha, eps_beta)
+        logits = torch.addmm(x0_sq, x, x0.T, beta=-alpha ** 2 / (2 * beta2), alpha=alpha / beta2)
+        c = g2 * dt
+        keep = (1 - f * dt - c / beta2) - (c * (1 - t)) * inv_r  # (dim,): what stays of x
+        x = torch.addmm(torch.addcmul(c * (1 - t) * y_r, x, keep), torch.softmax(logits, dim=1), x0,
+                        alpha=c * alpha / beta2).add_(next(draws), alpha=math.sqrt(c))
     return x

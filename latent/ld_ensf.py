@@ -97,9 +97,8 @@ class LatentFilter:
         if self.inflation > 1:
             center = x.mean(0)
             x = center + self.inflation ** 0.5 * (x - center)
-        eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
         gen = self.generator if self.generator is None or self.generator.device == x.device else None
-        self.x = ensf_analysis(x, mean, eye, var, gen, **self.options)
+        self.x = ensf_analysis(x, mean, None, var, gen, **self.options)  # H = I: every latent component observed
 
     def cycle(self, readings: torch.Tensor, interval: float | None) -> None:
         """``forecast`` (skipped when ``interval`` is None: the first observation), ``observe``, ``analysis``."""

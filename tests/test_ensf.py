@@ -88,3 +88,34 @@ def test_low_rank_solve_equals_the_direct_solve(members, obs):
     b = torch.randn(3, obs, generator=g, dtype=torch.float64)
     S = torch.einsum("pj,pjo,pjq->poq", w, A, A) + torch.diag(r)
     assert torch.allclose(_solve_low_rank(w, A, r, b), torch.linalg.solve(S, b[..., None])[..., 0], atol=1e-10)
+
+
+def test_identity_observation_without_H_equals_the_explicit_identity():
+    """``H = None`` (LD-EnSF's latent observation of every component) gives the same analysis as ``H = I`` for
+    the same noise; the mixture weights equal the softmax of the squared distances."""
+    from latent.ensf import posterior_weights
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    y, r = torch.randn(5, generator=g, dtype=torch.float64), torch.full((5,), 0.3, dtype=torch.float64)
+    eye = torch.eye(5, dtype=torch.float64)
+    for guidance in ("damped", "tweedie"):
+        a = ensf_analysis(X, y, None, r, torch.Generator().manual_seed(1), steps=20, guidance=guidance)
+        b = ensf_analysis(X, y, eye, r, torch.Generator().manual_seed(1), steps=20, guidance=guidance)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    direct = torch.softmax(-torch.cdist(x, 0.7 * X).pow(2) / (2 * 0.2), dim=1)
+    torch.testing.assert_close(posterior_weights(x, X, 0.7, 0.2), direct, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="every component"):
+        ensf_analysis(X, y[:3], None, r[:3])
+
+
+def test_fused_damped_identity_step_equals_the_general_loop():
+    """Damped guidance with ``H = None`` and no clipping runs a regrouped loop; a clip too large to act takes the
+    general one: the same analysis."""
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(10, 6, generator=g, dtype=torch.float64)
+    y, r = torch.randn(6, generator=g, dtype=torch.float64), torch.linspace(0.2, 0.9, 6, dtype=torch.float64)
+    fused = ensf_analysis(X, y, None, r, torch.Generator().manual_seed(2), steps=30, eps_beta=0.01)
+    general = ensf_analysis(X, y, None, r, torch.Generator().manual_seed(2), steps=30, eps_beta=0.01, clip=1e300)
+    torch.testing.assert_close(fused, general, rtol=1e-9, atol=1e-9)
