@@ -101,7 +101,7 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
 
     ``guidance``: ``damped`` (the paper's ``h(t) grad log p(y | x_t)``, ``h = 1 - t``) or ``tweedie``
     (:func:`tweedie_likelihood_score`); ``generator``: a ``torch.Generator`` (all the pseudo-time noise drawn in
-    one call) or a per-member :class:`~solvers.random.MemberRNG` (then ``particles`` must equal the members)."""
+    one call, in float32) or a per-member :class:`~solvers.random.MemberRNG` (then ``particles`` must equal the members)."""
     if H is None:
         if y.shape[-1] != x0.shape[1]:
             raise ValueError(f"H = None observes every component: need {x0.shape[1]} observations, got {y.shape[-1]}")
@@ -117,7 +117,8 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
     if isinstance(generator, MemberRNG):  # each member's own stream, step by step
         draws = (normal_like(like_x0, generator) for _ in range(steps + 1))
     else:
-        draws = iter(torch.randn((steps + 1, particles, dim), generator=generator, dtype=x0.dtype, device=x0.device))
+        draws = iter(torch.randn((steps + 1, particles, dim), generator=generator, dtype=torch.float32,  # 4x faster
+                                 device=x0.device).to(x0.dtype))  # than float64 draws; ample for noise
     x, x0_sq, dt = next(draws), (x0 * x0).sum(1), 1.0 / steps
     if guidance == "damped" and H is None and clip is None:
         return _damped_identity(x, x0, x0_sq, y, r, draws, steps, eps_alpha, eps_beta)
