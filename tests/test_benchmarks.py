@@ -74,3 +74,17 @@ def test_forecast_runs_from_every_start_over_the_horizon(data, scripts, tmp_path
     assert all(len(c["rel_l2"]) == 5 for c in curves.values())
     assert curves["truth"]["rel_l2"][0] == 0.0
     assert scripts[2].main(["--data", str(tmp_path / "missing.h5"), "--json", str(out)]) == 2
+
+
+def test_ensf_scaling_times_latent_and_physical_analyses(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import ensf_scaling
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    out = tmp_path / "s.json"
+    assert ensf_scaling.main(["--latent", "8", "--sizes", "8", "16", "--sensors", "5", "--members", "4",
+                              "--steps", "5", "--repeats", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["dim"] for r in rows] == [9, 65, 257] and rows[0]["ratio"] == 1.0
+    assert all(r["seconds"] > 0 for r in rows)
