@@ -9,8 +9,8 @@ from the noisy sensor values alone, and every member moves toward it:
   modes ``|k| <= modes``), :mod:`solvers.reconstruction`;
 - ``gappy_pod``: least squares in a POD basis fitted to the frames of a trajectory file or a pair file's train
   split (``basis``, ``modes``, Tikhonov ``ridge``), :mod:`latent.pod`; ``background: forecast`` corrects each
-  member's forecast instead (optimal interpolation, the sensors' history through the solver). ``python -m latent.pod`` places sensors by pivoted
-  QR of that basis and writes a file for ``--sensors``;
+  member's forecast instead (optimal interpolation, the sensors' history through the solver).
+  ``python -m latent.pod`` places sensors by pivoted QR of that basis and writes a file for ``--sensors``;
 - ``sparse_recon``: the learned Senseiver-style model of :mod:`latent.sparse_recon` (``checkpoint`` from
   ``train_closure.py train --closure sparse_recon``), any sensor layout, with a per-point standard
   deviation; ``ensemble = "sample"`` gives every member its own draw from that uncertainty (smooth
