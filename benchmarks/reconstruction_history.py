@@ -9,7 +9,8 @@ sensors of every frame. Here the state is estimated the way ``gappy_pod`` with `
 inside ``simulate.py --observe``: at frame 0 the posterior mean of gappy POD (the snapshot reconstruction, about
 the snapshots' mean), then at every frame the flow's own 64^2 solver (its physics with convection, no closure;
 ``forecast.py``'s model) forecasts the state to the next frame and gappy POD fits the misfit of the forecast at
-the new sensors (optimal interpolation with the snapshots' covariance, :func:`latent.pod.gappy_reconstruct`
+the new sensors (optimal interpolation with the snapshots' covariance scaled by ``--forecast-error``, by default
+estimated from the innovations: :class:`latent.pod.ForecastErrorScale`; :func:`latent.pod.gappy_reconstruct`
 with ``background``). ``--starts`` windows of ``--frames`` frames of the test trajectory run as one batch.
 
 For each sensor fraction, noise level (0 and ``--noise`` x the fields' RMS) and layout (``fixed``: one random
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from forecast import prior_basis, resolved_model
-from latent.pod import gappy_reconstruct, posterior_ridge
+from latent.pod import ForecastErrorScale, gappy_reconstruct, posterior_ridge
 from solvers.diagnostics import rel_l2
 from solvers.figures import save_figure
 from solvers.io import write_results
@@ -56,13 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shifts", default="diagonal", choices=SHIFTS,
                    help="symmetry of the flow: the prior's snapshots get shifted copies (E1: diagonal, E2: x)")
     p.add_argument("--copies", type=int, default=4, help="shifted copies of the snapshots (1: none)")
-    p.add_argument("--forecast-error", type=float, default=0.3,
-                   help="the forecast's error variance as a fraction of the snapshots' (gappy_pod's forecast_error; "
-                   "default 0.3: E1 at 1 %% with noise 0.1, rel_l2 0.062-0.066 over the second half, 0.081-0.083 "
-                   "with 1.0)")
+    p.add_argument("--forecast-error", type=_forecast_error, default="auto",
+                   help="the forecast's error variance as a fraction of the snapshots' (gappy_pod's forecast_error), "
+                   "or auto (default): estimated from the innovations, latent.pod.ForecastErrorScale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=RESULTS / "reconstruction_history.json", help="results file")
     return p
+
+
+def _forecast_error(text: str) -> float | str:
+    if text == "auto":
+        return text
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--forecast-error must be auto or > 0, got {text}")
+    return value
 
 
 def spectral_floor(fields: torch.Tensor, count: int) -> float:
@@ -75,12 +84,13 @@ def spectral_floor(fields: torch.Tensor, count: int) -> float:
 
 
 def cycle(truth: torch.Tensor, basis, model, count: int, noise_std: float, changing: bool,
-          g: torch.Generator, forecast_error: float = 1.0) -> dict:
+          g: torch.Generator, forecast_error: float | str = "auto") -> dict:
     """Cycle gappy POD about the forecast over ``truth`` ``(window, frame, x, y)``: ``rel_l2`` per frame of the
-    analysis (mean over windows), analysis and solver seconds per frame."""
+    analysis (mean over windows), analysis and solver seconds per frame; ``forecast_error``: a fraction of the
+    snapshots' covariance, or ``auto`` (:class:`latent.pod.ForecastErrorScale`, one stream per window)."""
     flow_cfg, flow, dt, steps = model
     windows, frames = truth.shape[:2]
-    first, ridge = posterior_ridge(basis, noise_std ** 2), posterior_ridge(basis, noise_std ** 2 / forecast_error)
+    scale = ForecastErrorScale(basis) if forecast_error == "auto" else None
     grid = flow.grid
     ops = [ObservationOperator(grid, random_sensors(count, grid.length, g)) for _ in range(windows)]
     w = basis.mean.expand(windows, -1).reshape(windows, grid.n, grid.n).clone()  # frame 0: about the mean
@@ -93,9 +103,15 @@ def cycle(truth: torch.Tensor, basis, model, count: int, noise_std: float, chang
             if changing:
                 ops = [ObservationOperator(grid, random_sensors(count, grid.length, g)) for _ in range(windows)]
         tick = time.perf_counter()
-        w = torch.cat([gappy_reconstruct(basis, op(truth[j, i][None]) + noise_std * torch.randn(
-            1, count, generator=g, dtype=torch.float64), op.matrix().double(), ridge if i else first, background=w[j][None])
-            for j, op in enumerate(ops)])
+        analyses = []
+        for j, op in enumerate(ops):
+            rows = op.matrix().double()
+            y = op(truth[j, i][None]) + noise_std * torch.randn(1, count, generator=g, dtype=torch.float64)
+            a = 1.0 if i == 0 else (forecast_error if scale is None else  # frame 0: about the snapshots' mean
+                                    scale.update(j, rows, y[0] - rows @ w[j].reshape(-1), noise_std ** 2))
+            analyses.append(gappy_reconstruct(basis, y, rows, posterior_ridge(basis, noise_std ** 2 / a),
+                                              background=w[j][None]))
+        w = torch.cat(analyses)
         analysis_s += time.perf_counter() - tick
         errors.append(float(rel_l2(w, truth[:, i])))
     return {"rel_l2": errors, "analysis_ms": 1e3 * analysis_s / frames / windows,
@@ -140,7 +156,7 @@ def table(results: dict) -> str:
     lines = [f"{results['data']}: {len(results['starts'])} windows of {results['frames']} frames "
              f"({results['frame_dt']:g} time units apart), gappy POD posterior ({results['modes']} modes, shifts "
              f"{results['shifts']} x {results['copies']}) about the solver's forecast (forecast error "
-             f"{results.get('forecast_error', 1.0):g} x the snapshots' covariance after frame 0); rel_l2 after N cycles "
+             f"{results.get('forecast_error', 1.0)} x the snapshots' covariance after frame 0); rel_l2 after N cycles "
              f"(0: the snapshot reconstruction)\n",
              f"| sensors | noise | layout | floor | {head} | 2nd half | analysis ms | solver s / frame |",
              "|---|---|---|---|" + "---|" * len(shown) + "---|---|---|"]

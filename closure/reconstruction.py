@@ -82,21 +82,22 @@ class GappyPOD(Reconstruction):
     ``background``: ``mean`` reconstructs from the sensors alone, about the snapshots' mean; ``forecast`` does so
     at the first observation only and after it fits the modes to each member's misfit at the sensors and adds
     them to the member (optimal interpolation / 3D-Var with ``forecast_error`` x the snapshots' covariance as
-    the forecast's error covariance): cycled with the solver it accumulates the sensors' history (E1 at 1 %
-    with noise 0.1: rel_l2 0.10-0.11 from one frame, 0.062-0.066 after 20; ``benchmarks/reconstruction_history.py``)."""
+    the forecast's error covariance; ``auto``: estimated from the innovations, :class:`latent.pod.ForecastErrorScale`):
+    cycled with the solver it accumulates the sensors' history (``benchmarks/reconstruction_history.py``)."""
 
     BACKGROUNDS = ("mean", "forecast")
 
     def __init__(self, grid, equation, observations=None, nudge: float = 1.0, basis: str | None = None,
                  modes: int = 20, ridge: float | str = 1e-3, shifts: str = "none", copies: int = 1,
-                 background: str = "mean", forecast_error: float = 1.0) -> None:
+                 background: str = "mean", forecast_error: float | str = "auto") -> None:
         super().__init__(grid, equation, observations, nudge)
         if background not in self.BACKGROUNDS:
             raise ValueError(f"unknown gappy_pod background {background!r}; choose one of {list(self.BACKGROUNDS)}")
-        if not forecast_error > 0:
-            raise ValueError(f"gappy_pod forecast_error must be > 0 (a fraction of the snapshots' variance), "
-                             f"got {forecast_error}")
-        self.background, self.forecast_error, self.calls = background, float(forecast_error), 0
+        if forecast_error != "auto" and not (isinstance(forecast_error, (int, float)) and forecast_error > 0):
+            raise ValueError(f"gappy_pod forecast_error must be 'auto' or a number > 0 (a fraction of the snapshots' "
+                             f"variance), got {forecast_error!r}")
+        self.background, self.calls = background, 0
+        self.forecast_error = forecast_error if forecast_error == "auto" else float(forecast_error)
         from latent.pod import fit_pod, load_snapshots
 
         if basis is None:
@@ -108,6 +109,9 @@ class GappyPOD(Reconstruction):
 
         self.basis = fit_pod(augment_shifts(load_snapshots(basis, grid), shifts, int(copies)), modes)
         self.rows = self.observations.operator.matrix().to(torch.float64)  # (sensors, x*y)
+        from latent.pod import ForecastErrorScale
+
+        self.scale = ForecastErrorScale(self.basis) if self.forecast_error == "auto" else None
         self.ridge = ridge if ridge == "posterior" else float(ridge)
 
     @classmethod
@@ -130,14 +134,17 @@ class GappyPOD(Reconstruction):
             return super().analysis(X, HX, obs, state)
         from latent.pod import gappy_reconstruct
 
-        y = obs.y.to(torch.float64).expand(X.shape[0], -1)
-        noise_var = float(obs.r.mean())  # B = forecast_error C: the noise weighs 1 / forecast_error more
-        ridge = (self._ridge(noise_var / self.forecast_error) if self.ridge == "posterior"
-                 else self.ridge / self.forecast_error)
-        return gappy_reconstruct(self.basis, y, self.rows, ridge, background=X).reshape(X.shape)
+        y, noise_var = obs.y.to(torch.float64), float(obs.r.mean())
+        out = []
+        for m, x in enumerate(X):  # each member its own forecast error when adaptive
+            a = self.forecast_error if self.scale is None else self.scale.update(m, self.rows, y - self.rows @ x, noise_var)
+            # B = a C: the noise weighs 1 / a more
+            ridge = self._ridge(noise_var / a) if self.ridge == "posterior" else self.ridge / a
+            out.append(gappy_reconstruct(self.basis, y[None], self.rows, ridge, background=x[None]))
+        return torch.cat(out).reshape(X.shape)
 
     def describe(self) -> str:
-        about = "" if self.background == "mean" else f" (forecast_error {self.forecast_error:g})"
+        about = "" if self.background == "mean" else f" (forecast_error {self.forecast_error})"
         return f"{super().describe()}, background {self.background}{about}"
 
 

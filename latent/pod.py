@@ -20,7 +20,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
-__all__ = ["PODBasis", "fit_pod", "posterior_ridge", "qr_sensors", "gappy_reconstruct", "gappy_coefficients", "load_snapshots", "main"]
+__all__ = ["PODBasis", "fit_pod", "posterior_ridge", "qr_sensors", "gappy_reconstruct", "ForecastErrorScale",
+           "gappy_coefficients", "load_snapshots", "main"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,36 @@ def gappy_reconstruct(basis: PODBasis, values: torch.Tensor, sensor_rows: torch.
     background = background.reshape(values.shape[0], -1)
     coeffs = gappy_coefficients(A, values - background @ sensor_rows.T, basis.energy, ridge)
     return (background + coeffs @ basis.modes).reshape(-1, *basis.shape)
+
+
+class ForecastErrorScale:
+    """Adaptive ``forecast_error`` for gappy POD about a forecast: the forecast's error covariance as a fraction
+    ``a`` of the snapshots' (modes and ``tail``), estimated from the innovations ``d = y - H w_f`` at every analysis.
+    With ``A`` the modes at the sensors, ``E|d|^2 = a (tr(A diag(energy) A^T) + tail sensors) + sensors noise_var``
+    (innovation statistics, as in adaptive inflation); each estimate is clipped to ``[floor, 1]`` and a stream
+    (a member, a window) uses the mean of its last ``window`` estimates. As the estimate converges the gain falls
+    and the readings average out; a growing forecast error raises it again. E1 at 1 % with noise 0.1: rel_l2
+    0.026 over cycles 20-39 against 0.063 for a fixed 0.3 (``benchmarks/reconstruction_history.py``)."""
+
+    def __init__(self, basis: PODBasis, window: int = 10, floor: float = 1e-4) -> None:
+        if window < 1 or not 0 < floor <= 1:
+            raise ValueError(f"need window >= 1 and 0 < floor <= 1, got {window}, {floor}")
+        self.basis, self.window, self.floor = basis, int(window), float(floor)
+        self.history: dict = {}
+
+    def estimate(self, sensor_rows: torch.Tensor, innovation: torch.Tensor, noise_var: float) -> float:
+        """One unclipped estimate of ``a`` from an innovation ``(sensors,)`` through ``sensor_rows`` ``(sensors, x*y)``."""
+        A = sensor_rows @ self.basis.modes.T  # (sensors, modes)
+        count = innovation.shape[-1]
+        prior = float((A.pow(2) * self.basis.energy).sum()) + self.basis.tail * count
+        return (float(innovation.pow(2).sum()) - count * noise_var) / max(prior, 1e-300)
+
+    def update(self, key, sensor_rows: torch.Tensor, innovation: torch.Tensor, noise_var: float) -> float:
+        """Add an estimate to stream ``key`` and return its current ``a``."""
+        value = min(max(self.estimate(sensor_rows, innovation, noise_var), self.floor), 1.0)
+        recent = (self.history.get(key, []) + [value])[-self.window:]
+        self.history[key] = recent
+        return sum(recent) / len(recent)
 
 
 def gappy_coefficients(A: torch.Tensor, b: torch.Tensor, energy: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:

@@ -112,3 +112,27 @@ def test_snapshots_of_a_pair_file_are_its_train_split(tmp_path):
         load_snapshots(path, Grid(32, 2 * math.pi))
     with pytest.raises(FileNotFoundError):
         load_snapshots(tmp_path / "missing.h5", grid)
+
+
+def test_forecast_error_scale_reads_the_innovations_and_averages_a_window():
+    """Innovations drawn with covariance ``a C_modes + s^2 I`` give back ``a`` on average; estimates are clipped to
+    ``[floor, 1]`` and a stream averages its last ``window``."""
+    from latent.pod import ForecastErrorScale
+
+    grid = Grid(16, 2 * math.pi, dtype=torch.float64)
+    basis = fit_pod(_snapshots(grid, count=40), modes=39)  # tail ~ 0
+    op = ObservationOperator(grid, random_sensors(30, grid.length, torch.Generator().manual_seed(4)))
+    H, a, s2 = op.matrix(), 0.05, 0.01
+    g = torch.Generator().manual_seed(5)
+    scale = ForecastErrorScale(basis, window=1000)
+    for _ in range(400):
+        error = (torch.randn(39, generator=g, dtype=torch.float64) * (a * basis.energy).sqrt()) @ basis.modes
+        d = H @ error + s2 ** 0.5 * torch.randn(30, generator=g, dtype=torch.float64)
+        scale.update("m", H, d, s2)
+    assert sum(scale.history["m"]) / 400 == pytest.approx(a, rel=0.15)
+    small = ForecastErrorScale(basis, window=2, floor=1e-3)
+    assert small.update(0, H, torch.zeros(30, dtype=torch.float64), s2) == pytest.approx(1e-3)  # clipped below
+    assert small.update(0, H, 1e3 * torch.ones(30, dtype=torch.float64), s2) == pytest.approx((1e-3 + 1) / 2)
+    assert small.update(0, H, 1e3 * torch.ones(30, dtype=torch.float64), s2) == pytest.approx(1.0)  # window of 2
+    with pytest.raises(ValueError, match="window"):
+        ForecastErrorScale(basis, window=0)

@@ -134,9 +134,9 @@ def _shell_fields(grid, count, shells, seed):
 
 def test_gappy_pod_about_the_forecast_averages_noisy_sensors_over_time_in_closed_loop(tmp_path):
     """A steady Euler flow (one shell, ``w = 5 psi``) seen by noisy sensors: cycled with the solver
-    (``background: forecast``, a smaller forecast error than the snapshots' spread) the forecast carries the
-    earlier readings and the error falls over the frames (constant gain: to a floor set by ``forecast_error``);
-    the snapshot reconstruction (``background: mean``) stays as noisy as one frame's readings."""
+    (``background: forecast``) the forecast carries the earlier readings and the error falls over the frames: with a
+    fixed ``forecast_error`` to a floor it sets (a constant gain), with ``auto`` (estimated from the innovations)
+    further; the snapshot reconstruction (``background: mean``) stays as noisy as one frame's readings."""
     from solvers.io import TrajectoryWriter
     from solvers.rollout import rollout
 
@@ -151,18 +151,23 @@ def test_gappy_pod_about_the_forecast_averages_noisy_sensors_over_time_in_closed
     times = [i * every * dt for i in range(frames)]
     obs = Assimilation.example_observations(tmp_path / "truth.h5", grid, truth.expand(frames, -1, -1), times,
                                             "random:30", 0.5)
-    errors = {}
-    for background in ("mean", "forecast"):
+    errors, described = {}, {}
+    for name, background, forecast_error in (("mean", "mean", "auto"), ("fixed", "forecast", 0.1),
+                                             ("auto", "forecast", "auto")):
         plugin = make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "basis.h5"), modes=20,
-                             ridge="posterior", background=background, forecast_error=0.1)
+                             ridge="posterior", background=background, forecast_error=forecast_error)
         rollout(plugin.basis.mean.reshape(1, 32, 32).clone(), eq, dt, every * (frames - 1), plugin=plugin, every=every)
-        errors[background] = np.asarray(plugin.history["rel_rmse_a"])
+        errors[name], described[name] = np.asarray(plugin.history["rel_rmse_a"]), plugin.describe()
     assert len(errors["mean"]) == frames - 1  # the plug-in runs before each step: not at the last frame
-    assert errors["forecast"][0] == pytest.approx(errors["mean"][0])  # the first estimate: from the sensors alone
+    assert errors["fixed"][0] == pytest.approx(errors["mean"][0])  # the first estimate: from the sensors alone
     late = slice(frames // 2, None)
-    assert errors["forecast"][late].mean() < 0.6 * errors["mean"][late].mean()  # measured 0.18 vs 0.39
-    assert "background forecast (forecast_error 0.1)" in plugin.describe()
+    mean, fixed, auto = (errors[k][late].mean() for k in ("mean", "fixed", "auto"))
+    assert fixed < 0.6 * mean and auto < 0.9 * fixed  # measured 0.39, 0.155, 0.127
+    assert "background forecast (forecast_error 0.1)" in described["fixed"]
+    assert "background forecast (forecast_error auto)" in described["auto"]
     with pytest.raises(ValueError, match="background"):
         make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "basis.h5"), background="truth")
     with pytest.raises(ValueError, match="forecast_error"):
         make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "basis.h5"), forecast_error=0)
+    with pytest.raises(ValueError, match="forecast_error"):
+        make_plugin("gappy_pod", grid, eq, observations=obs, basis=str(tmp_path / "basis.h5"), forecast_error="adaptive")
