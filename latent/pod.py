@@ -107,7 +107,7 @@ class ForecastErrorScale:
     (innovation statistics, as in adaptive inflation); each estimate is clipped to ``[floor, 1]`` and a stream
     (a member, a window) uses the mean of its last ``window`` estimates. As the estimate converges the gain falls
     and the readings average out; a growing forecast error raises it again. E1 at 1 % with noise 0.1: rel_l2
-    0.026 over cycles 20-39 against 0.063 for a fixed 0.3 (``benchmarks/reconstruction_history.py``)."""
+    0.024-0.033 over cycles 20-39 against 0.062-0.066 for a fixed 0.3 (``benchmarks/reconstruction_history.py``)."""
 
     def __init__(self, basis: PODBasis, window: int = 10, floor: float = 1e-4) -> None:
         if window < 1 or not 0 < floor <= 1:
