@@ -108,7 +108,8 @@ def cycle(truth: torch.Tensor, basis, model, count: int, noise_std: float, chang
             rows = op.matrix().double()
             y = op(truth[j, i][None]) + noise_std * torch.randn(1, count, generator=g, dtype=torch.float64)
             a = 1.0 if i == 0 else (forecast_error if scale is None else  # frame 0: about the snapshots' mean
-                                    scale.update(j, rows, y[0] - rows @ w[j].reshape(-1), noise_std ** 2))
+                                    scale.update(j, y[0] - rows @ w[j].reshape(-1), noise_std ** 2,
+                                                 basis.sensor_variance(rows)))
             analyses.append(gappy_reconstruct(basis, y, rows, posterior_ridge(basis, noise_std ** 2 / a),
                                               background=w[j][None]))
         w = torch.cat(analyses)

@@ -112,6 +112,7 @@ class GappyPOD(Reconstruction):
         from latent.pod import ForecastErrorScale
 
         self.scale = ForecastErrorScale(self.basis) if self.forecast_error == "auto" else None
+        self.sensor_variance = self.basis.sensor_variance(self.rows) if self.scale is not None else None
         self.ridge = ridge if ridge == "posterior" else float(ridge)
 
     @classmethod
@@ -134,14 +135,14 @@ class GappyPOD(Reconstruction):
             return super().analysis(X, HX, obs, state)
         from latent.pod import gappy_reconstruct
 
-        y, noise_var = obs.y.to(torch.float64), float(obs.r.mean())
-        out = []
-        for m, x in enumerate(X):  # each member its own forecast error when adaptive
-            a = self.forecast_error if self.scale is None else self.scale.update(m, self.rows, y - self.rows @ x, noise_var)
-            # B = a C: the noise weighs 1 / a more
-            ridge = self._ridge(noise_var / a) if self.ridge == "posterior" else self.ridge / a
-            out.append(gappy_reconstruct(self.basis, y[None], self.rows, ridge, background=x[None]))
-        return torch.cat(out).reshape(X.shape)
+        y, noise_var = obs.y.to(torch.float64).expand(X.shape[0], -1), float(obs.r.mean())
+        if self.scale is None:
+            a = self.forecast_error
+        else:  # each member its own forecast error
+            innovations = y - X @ self.rows.T  # (members, sensors)
+            a = X.new_tensor([self.scale.update(m, d, noise_var, self.sensor_variance) for m, d in enumerate(innovations)])
+        ridge = self._ridge(noise_var / a) if self.ridge == "posterior" else self.ridge / a  # B = a C
+        return gappy_reconstruct(self.basis, y, self.rows, ridge, background=X).reshape(X.shape)
 
     def describe(self) -> str:
         about = "" if self.background == "mean" else f" (forecast_error {self.forecast_error})"

@@ -37,6 +37,12 @@ class PODBasis:
         dropped = float(self.energy[modes:].sum()) / self.modes.shape[1]
         return PODBasis(self.mean, self.modes[:modes], self.energy[:modes], self.shape, self.tail + dropped)
 
+    def sensor_variance(self, sensor_rows: torch.Tensor) -> float:
+        """The snapshots' variance summed over the sensors ``sensor_rows`` ``(sensors, x*y)``: ``tr(H C H^T)`` with
+        ``C`` the modes' covariance plus ``tail`` on the diagonal."""
+        A = sensor_rows @ self.modes.T  # (sensors, modes)
+        return float((A.pow(2) * self.energy).sum()) + self.tail * sensor_rows.shape[0]
+
     def project(self, w: torch.Tensor) -> torch.Tensor:
         """Coefficients ``(batch, modes)`` of ``w`` ``(batch, x, y)``."""
         return (w.reshape(w.shape[0], -1) - self.mean) @ self.modes.T
@@ -59,13 +65,13 @@ def fit_pod(snapshots: torch.Tensor, modes: int) -> PODBasis:
                     float(energy[modes:].sum()) / flat.shape[1])
 
 
-def posterior_ridge(basis: PODBasis, noise_var: float) -> float:
+def posterior_ridge(basis: PODBasis, noise_var: float | torch.Tensor) -> float | torch.Tensor:
     """The ``ridge`` that makes :func:`gappy_reconstruct` the posterior mean of the coefficients under the
     Gaussian prior ``N(0, diag(energy))`` the snapshots define, for sensors with noise variance ``noise_var``
     (field units squared): the noise variance plus the variance the modes leave out (``tail``), which the
     sensors see as noise too. A known noise level then needs no tuning (E1, 41 sensors, noise 0.1 x RMS:
     rel_l2 0.132 at 20 or 400 modes, against 0.142-0.275 for fixed ridges 1e-3..1e-4 at 20-41 modes)."""
-    return float(noise_var) + basis.tail
+    return noise_var + basis.tail  # a tensor of noise variances gives one ridge per sample
 
 
 def qr_sensors(basis: PODBasis, count: int) -> torch.Tensor:
@@ -81,11 +87,12 @@ def qr_sensors(basis: PODBasis, count: int) -> torch.Tensor:
 
 
 def gappy_reconstruct(basis: PODBasis, values: torch.Tensor, sensor_rows: torch.Tensor,
-                      ridge: float = 0.0, background: torch.Tensor | None = None) -> torch.Tensor:
+                      ridge: float | torch.Tensor = 0.0, background: torch.Tensor | None = None) -> torch.Tensor:
     """Least-squares fit of the POD coefficients to sensor ``values`` ``(batch, sensors)``, then the
     full field ``(batch, x, y)``. ``sensor_rows`` ``(sensors, x*y)`` maps a flattened field to the
     sensors (``ObservationOperator.matrix()``, or one-hot rows for grid points); ``ridge`` adds
-    Tikhonov regularisation scaled by the modes' energy (for noisy or fewer-than-modes sensors).
+    Tikhonov regularisation scaled by the modes' energy (for noisy or fewer-than-modes sensors; a ``(batch,)``
+    tensor: one per sample).
 
     ``background`` ``(batch, x*y)``: fit the modes to the misfit of this field instead of the snapshots' mean
     and add them to it (with :func:`posterior_ridge`, the optimal-interpolation / 3D-Var analysis of a forecast
@@ -103,8 +110,8 @@ def gappy_reconstruct(basis: PODBasis, values: torch.Tensor, sensor_rows: torch.
 class ForecastErrorScale:
     """Adaptive ``forecast_error`` for gappy POD about a forecast: the forecast's error covariance as a fraction
     ``a`` of the snapshots' (modes and ``tail``), estimated from the innovations ``d = y - H w_f`` at every analysis.
-    With ``A`` the modes at the sensors, ``E|d|^2 = a (tr(A diag(energy) A^T) + tail sensors) + sensors noise_var``
-    (innovation statistics, as in adaptive inflation); each estimate is clipped to ``[floor, 1]`` and a stream
+    ``E|d|^2 = a tr(H C H^T) + sensors noise_var`` (:meth:`PODBasis.sensor_variance`; innovation statistics, as in
+    adaptive inflation); each estimate is clipped to ``[floor, 1]`` and a stream
     (a member, a window) uses the mean of its last ``window`` estimates. As the estimate converges the gain falls
     and the readings average out; a growing forecast error raises it again. E1 at 1 % with noise 0.1: rel_l2
     0.024-0.033 over cycles 20-39 against 0.062-0.066 for a fixed 0.3 (``benchmarks/reconstruction_history.py``)."""
@@ -115,30 +122,29 @@ class ForecastErrorScale:
         self.basis, self.window, self.floor = basis, int(window), float(floor)
         self.history: dict = {}
 
-    def estimate(self, sensor_rows: torch.Tensor, innovation: torch.Tensor, noise_var: float) -> float:
-        """One unclipped estimate of ``a`` from an innovation ``(sensors,)`` through ``sensor_rows`` ``(sensors, x*y)``."""
-        A = sensor_rows @ self.basis.modes.T  # (sensors, modes)
+    def update(self, key, innovation: torch.Tensor, noise_var: float, sensor_variance: float) -> float:
+        """Add the estimate from an innovation ``(sensors,)`` to stream ``key`` and return the stream's current ``a``;
+        ``sensor_variance``: :meth:`PODBasis.sensor_variance` of these sensors (fixed sensors: compute it once)."""
         count = innovation.shape[-1]
-        prior = float((A.pow(2) * self.basis.energy).sum()) + self.basis.tail * count
-        return (float(innovation.pow(2).sum()) - count * noise_var) / max(prior, 1e-300)
-
-    def update(self, key, sensor_rows: torch.Tensor, innovation: torch.Tensor, noise_var: float) -> float:
-        """Add an estimate to stream ``key`` and return its current ``a``."""
-        value = min(max(self.estimate(sensor_rows, innovation, noise_var), self.floor), 1.0)
+        estimate = (float(innovation.pow(2).sum()) - count * noise_var) / max(sensor_variance, 1e-300)
+        value = min(max(estimate, self.floor), 1.0)
         recent = (self.history.get(key, []) + [value])[-self.window:]
         self.history[key] = recent
         return sum(recent) / len(recent)
 
 
-def gappy_coefficients(A: torch.Tensor, b: torch.Tensor, energy: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+def gappy_coefficients(A: torch.Tensor, b: torch.Tensor, energy: torch.Tensor,
+                       ridge: float | torch.Tensor = 0.0) -> torch.Tensor:
     """POD coefficients ``(batch, modes)`` fitting anomalies ``b`` ``(batch, sensors)`` through the modes' values at
     the sensors ``A``, one ``(sensors, modes)`` for all or ``(batch, sensors, modes)`` per sample: least squares,
-    or with ``ridge > 0`` Tikhonov scaled by the modes' ``energy`` (``ridge / energy`` on the diagonal)."""
-    if ridge > 0:
-        At = A.transpose(-1, -2)
-        M = At @ A + torch.diag(ridge / energy.clamp_min(1e-30))
-        if A.dim() == 2:  # one system, many right-hand sides
-            return torch.linalg.solve(M, At @ b.T).T
+    or with ``ridge > 0`` (one, or ``(batch,)``: one per sample) Tikhonov scaled by the modes' ``energy``
+    (``ridge / energy`` on the diagonal)."""
+    ridge = torch.as_tensor(ridge, dtype=b.dtype, device=b.device)
+    if bool((ridge > 0).all()):
+        At, inverse_energy = A.transpose(-1, -2), 1 / energy.clamp_min(1e-30)
+        if ridge.dim() == 0 and A.dim() == 2:  # one system, many right-hand sides
+            return torch.linalg.solve(At @ A + torch.diag(ridge * inverse_energy), At @ b.T).T
+        M = At @ A + torch.diag_embed(ridge.reshape(-1, 1) * inverse_energy)  # (batch or 1, modes, modes)
         return torch.linalg.solve(M, At @ b[..., None])[..., 0]
     A = A.expand(b.shape[0], -1, -1) if A.dim() == 2 else A
     return torch.linalg.lstsq(A, b[..., None]).solution[..., 0]

@@ -124,15 +124,27 @@ def test_forecast_error_scale_reads_the_innovations_and_averages_a_window():
     op = ObservationOperator(grid, random_sensors(30, grid.length, torch.Generator().manual_seed(4)))
     H, a, s2 = op.matrix(), 0.05, 0.01
     g = torch.Generator().manual_seed(5)
-    scale = ForecastErrorScale(basis, window=1000)
+    scale, var = ForecastErrorScale(basis, window=1000), basis.sensor_variance(H)
     for _ in range(400):
         error = (torch.randn(39, generator=g, dtype=torch.float64) * (a * basis.energy).sqrt()) @ basis.modes
         d = H @ error + s2 ** 0.5 * torch.randn(30, generator=g, dtype=torch.float64)
-        scale.update("m", H, d, s2)
+        scale.update("m", d, s2, var)
     assert sum(scale.history["m"]) / 400 == pytest.approx(a, rel=0.15)
     small = ForecastErrorScale(basis, window=2, floor=1e-3)
-    assert small.update(0, H, torch.zeros(30, dtype=torch.float64), s2) == pytest.approx(1e-3)  # clipped below
-    assert small.update(0, H, 1e3 * torch.ones(30, dtype=torch.float64), s2) == pytest.approx((1e-3 + 1) / 2)
-    assert small.update(0, H, 1e3 * torch.ones(30, dtype=torch.float64), s2) == pytest.approx(1.0)  # window of 2
+    assert small.update(0, torch.zeros(30, dtype=torch.float64), s2, var) == pytest.approx(1e-3)  # clipped below
+    assert small.update(0, 1e3 * torch.ones(30, dtype=torch.float64), s2, var) == pytest.approx((1e-3 + 1) / 2)
+    assert small.update(0, 1e3 * torch.ones(30, dtype=torch.float64), s2, var) == pytest.approx(1.0)  # window of 2
     with pytest.raises(ValueError, match="window"):
         ForecastErrorScale(basis, window=0)
+
+
+def test_a_ridge_per_sample_equals_solving_each_sample_alone():
+    grid = Grid(16, 2 * math.pi, dtype=torch.float64)
+    basis = fit_pod(_snapshots(grid, count=30), modes=12)
+    op = ObservationOperator(grid, random_sensors(10, grid.length, torch.Generator().manual_seed(6)))
+    y, b = op(_snapshots(grid, count=3, seed=8)), _snapshots(grid, count=3, seed=9).reshape(3, -1)
+    ridge = torch.tensor([1e-3, 0.1, 2.0], dtype=torch.float64)
+    together = gappy_reconstruct(basis, y, op.matrix(), ridge, background=b)
+    alone = torch.cat([gappy_reconstruct(basis, y[i:i + 1], op.matrix(), float(ridge[i]), background=b[i:i + 1])
+                       for i in range(3)])
+    torch.testing.assert_close(together, alone)
