@@ -290,7 +290,7 @@ def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str],
         _add_pdfs(results, ref_stats, long_stats)
     if merge:
         results = merge_results([load_results(m, attrs) for m in merge] + [results])
-    write_report(results, out, float(attrs["grid_length"]))
+    write_report(results, out)
     return results
 
 

@@ -1,6 +1,6 @@
 """The report of an evaluation (:mod:`closure.evaluation`): markdown tables, figures, merging earlier results.
 
-``write_report(results, out, length)`` writes ``evaluation.json``, ``table.md`` (a second table for the
+``write_report(results, out)`` writes ``evaluation.json``, ``table.md`` (a second table for the
 long run) and ``evaluation.png`` (``long_run.png``) under ``out``; ``load_results`` / ``merge_results`` let
 evaluations of different plug-ins on one dataset run apart and combine.
 """
@@ -17,14 +17,14 @@ from solvers.io import atomic_write_text
 __all__ = ["write_report", "load_results", "merge_results", "markdown_table", "long_run_table"]
 
 
-def write_report(results: dict, out: str | Path, length: float) -> None:
-    """``results`` as JSON, markdown and figures under ``out`` (created); ``length``: the box side."""
+def write_report(results: dict, out: str | Path) -> None:
+    """``results`` as JSON, markdown and figures under ``out`` (created)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "evaluation.json", json.dumps(results, indent=2))
     has_long = "long_run_reference" in results
     atomic_write_text(out / "table.md", markdown_table(results) + (f"\n{long_run_table(results)}" if has_long else ""))
-    _figures(results, out, length)
+    _figures(results, out)
     if has_long:
         _long_run_figure(results, out)
 
@@ -106,7 +106,7 @@ def long_run_table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _figures(results: dict, out: Path, length: float) -> None:
+def _figures(results: dict, out: Path) -> None:
     fig = _figure(12, 3.6)
     ax_err, ax_z, ax_spec = fig.subplots(1, 3)
     for i, (name, r) in enumerate(results["closures"].items()):

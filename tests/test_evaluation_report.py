@@ -43,7 +43,7 @@ def test_merge_keeps_order_and_a_later_entry_replaces_an_earlier_one():
 def test_written_report_loads_back_and_a_foreign_folder_is_refused(tmp_path):
     times = [0.0, 1.0]
     results = _results(none={"a_priori": None, "a_posteriori": _post(times, [0.0, 0.5])})
-    write_report(results, tmp_path / "out", length=1.0)
+    write_report(results, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["evaluation.json", "evaluation.png", "table.md"]
     assert load_results(tmp_path / "out", {"grid_n": 32, "kind": "e1"})["closures"] == json.loads(
         (tmp_path / "out" / "evaluation.json").read_text())["closures"]
