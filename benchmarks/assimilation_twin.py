@@ -33,7 +33,7 @@ import torch
 
 import simulate
 from closure.evaluation import parse_options
-from solvers.io import write_results
+from solvers.io import publish_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "kolmogorov_les64.yaml"
@@ -182,12 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is None:
         args.json = RESULTS / ("assimilation_twin.json" if args.reynolds_prior is None else "assimilation_twin_reynolds.json")
     results = run(args)
-    text = table(results)
-    print(text)
-    write_results(args.json, results, text)
-    figure(results, args.json.with_suffix(".png"))
-    print(f"wrote {args.json}, {args.json.with_suffix('.md').name}, {args.json.with_suffix('.png').name}")
-    return 0
+    return publish_results(args.json, results, table(results), lambda png: figure(results, png))
 
 
 if __name__ == "__main__":

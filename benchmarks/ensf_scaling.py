@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from latent.ensf import ensf_analysis
-from solvers.io import write_results
+from solvers.io import publish_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -76,11 +76,7 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     results = run(args)
-    text = table(results)
-    print(text)
-    write_results(args.json, results, text)
-    print(f"wrote {args.json} and {args.json.with_suffix('.md').name}")
-    return 0
+    return publish_results(args.json, results, table(results))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from latent.pod import fit_pod, gappy_reconstruct, posterior_ridge
 from reconstruction import SHIPPED, load_learned, load_model
 from solvers.diagnostics import rel_l2
 from solvers.figures import save_figure
-from solvers.io import write_results
+from solvers.io import missing_input, publish_results
 from solvers.observation import ObservationOperator, random_sensors
 from solvers.pairs import read_pairs
 from solvers.reconstruction import cubic_interpolate
@@ -230,20 +230,17 @@ def figure(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for path, how in ((args.data, "python train_closure.py generate --config configs/data_e1_small.yaml"),
-                      (args.checkpoint, "python train_closure.py train --closure sparse_recon --data DATA"),
-                      (args.vq_checkpoint, "python train_closure.py train --closure vq_forecast --data DATA "
-                                           "--out runs/vq_forecast_e1_small")):
-        if path != "none" and not Path(path).is_file():
-            print(f"error: {path} does not exist; make it with `{how}` (or give 'none')")
-            return 2
+    error = missing_input([
+        (args.data, "make it with `python train_closure.py generate --config configs/data_e1_small.yaml`"),
+        (args.checkpoint, "make it with `python train_closure.py train --closure sparse_recon --data DATA` "
+                          "(or give 'none')"),
+        (args.vq_checkpoint, "make it with `python train_closure.py train --closure vq_forecast --data DATA "
+                             "--out runs/vq_forecast_e1_small` (or give 'none')")])
+    if error:
+        print(error)
+        return 2
     results = run(args)
-    text = table(results)
-    print(text)
-    write_results(args.json, results, text)
-    figure(results, args.json.with_suffix(".png"))
-    print(f"wrote {args.json} and its .md / .png")
-    return 0
+    return publish_results(args.json, results, table(results), lambda png: figure(results, png))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from latent.checkpoint import load_checkpoint
-from solvers.io import write_results
+from solvers.io import publish_results
 from solvers.pairs import read_trajectories
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results = {"setup": {k: str(v) for k, v in vars(args).items()},
                **measure(args.checkpoint, args.data, args.noise, args.count, args.seed)}
-    text = table(results)
-    print(text)
-    write_results(args.json, results, text)
-    return 0
+    return publish_results(args.json, results, table(results))
 
 
 if __name__ == "__main__":

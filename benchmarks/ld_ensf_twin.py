@@ -19,7 +19,6 @@ mode (no solver). JSON, markdown table and a figure go to ``benchmarks/results``
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import tempfile
 import time
@@ -33,7 +32,7 @@ import closure
 from latent.checkpoint import load_checkpoint
 from latent.ld_ensf import run_latent
 from solvers.config import build_dataclass
-from solvers.io import TrajectoryWriter, write_results
+from solvers.io import TrajectoryWriter, publish_results
 from solvers.pairs import read_trajectories
 from solvers.parametric import ParametricConfig
 from solvers.rollout import rollout
@@ -187,18 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"truth {k}: Re = {re:.1f}")
             per_truth.append(run_truth(args, cfg, test.state[k], re, args.checkpoint, Path(folder)))
     rows = summarise(per_truth)
-    text = table(rows)
-    print(text)
     times = [float(t) for t in test.times]
     results = {"setup": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "truth_reynolds": [float(test.params[k, 0]) for k in args.truths],
                "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                                "cpu": platform.processor() or platform.machine()},
                "methods": rows, "per_truth": per_truth}
-    write_results(args.json, results, text)
-    figure(rows, times, args.json.with_suffix(".png"))
-    print(f"wrote {args.json}, {args.json.with_suffix('.md').name}, {args.json.with_suffix('.png').name}")
-    return 0
+    return publish_results(args.json, results, table(rows), lambda png: figure(rows, times, png))
 
 
 if __name__ == "__main__":

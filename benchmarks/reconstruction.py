@@ -39,7 +39,7 @@ from latent.pod import fit_pod, gappy_reconstruct, posterior_ridge, qr_sensors
 from solvers.symmetry import SHIFTS, augment_shifts
 from latent.sparse_recon import Z90
 from solvers.grid import Grid
-from solvers.io import write_results
+from solvers.io import missing_input, publish_results
 from solvers.observation import ObservationOperator, grid_positions, random_sensors
 from solvers.pairs import read_pairs
 from solvers.reconstruction import cubic_interpolate, fourier_fit
@@ -201,25 +201,17 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not Path(args.data).is_file():
-        print(f"error: {args.data} does not exist; make it with "
-              f"`python train_closure.py generate --config configs/data_e1_small.yaml`")
-        return 2
-    if args.checkpoint != "none" and not Path(args.checkpoint).is_file():
-        print(f"error: sparse_recon checkpoint {args.checkpoint} does not exist; train one with `python "
-              f"train_closure.py train --closure sparse_recon --data {args.data}` or pass --checkpoint none")
-        return 2
-    if args.vq_checkpoint != "none" and not Path(args.vq_checkpoint).is_file():
-        print(f"error: vq_forecast checkpoint {args.vq_checkpoint} does not exist; train one with `python "
-              f"train_closure.py train --closure vq_forecast --data {args.data} --out runs/vq_forecast_e1_small` "
-              f"or pass --vq-checkpoint none")
+    error = missing_input([
+        (args.data, "make it with `python train_closure.py generate --config configs/data_e1_small.yaml`"),
+        (args.checkpoint, f"train one with `python train_closure.py train --closure sparse_recon --data {args.data}` "
+                          f"or pass --checkpoint none"),
+        (args.vq_checkpoint, f"train one with `python train_closure.py train --closure vq_forecast --data {args.data} "
+                             f"--out runs/vq_forecast_e1_small` or pass --vq-checkpoint none")])
+    if error:
+        print(error)
         return 2
     results = run(args)
-    text = table(results)
-    print(text)
-    write_results(args.json, results, text)
-    print(f"wrote {args.json} and {args.json.with_suffix('.md').name}")
-    return 0
+    return publish_results(args.json, results, table(results))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from forecast import prior_basis, resolved_model
 from latent.pod import ForecastErrorScale, gappy_reconstruct, posterior_ridge
 from solvers.diagnostics import rel_l2
 from solvers.figures import save_figure
-from solvers.io import write_results
+from solvers.io import missing_input, publish_results
 from solvers.observation import ObservationOperator, random_sensors
 from solvers.pairs import read_pairs
 from solvers.rollout import rollout
@@ -194,17 +194,13 @@ def figure(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not Path(args.data).is_file():
-        print(f"error: {args.data} does not exist; make it with "
-              f"`python train_closure.py generate --config configs/data_e1_small.yaml`")
+    error = missing_input([(args.data, "make it with `python train_closure.py generate --config "
+                                       "configs/data_e1_small.yaml`")])
+    if error:
+        print(error)
         return 2
     results = run(args)
-    text = table(results)
-    print(text)
-    write_results(args.json, results, text)
-    figure(results, args.json.with_suffix(".png"))
-    print(f"wrote {args.json} and its .md / .png")
-    return 0
+    return publish_results(args.json, results, table(results), lambda png: figure(results, png))
 
 
 if __name__ == "__main__":

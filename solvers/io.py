@@ -41,7 +41,8 @@ import h5py
 import numpy as np
 
 __all__ = ["TrajectoryWriter", "Trajectory", "read_frame", "read_times", "read_attrs",
-           "read_group", "read_trajectory", "git_commit", "atomic_write_text", "UNITS"]
+           "read_group", "read_trajectory", "git_commit", "atomic_write_text", "write_results", "publish_results",
+           "missing_input", "UNITS"]
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,26 @@ def write_results(path: str | Path, results: dict, table: str) -> tuple[Path, Pa
     path = Path(path)
     return (atomic_write_text(path, json.dumps(results, indent=1)),
             atomic_write_text(path.with_suffix(".md"), table))
+
+
+def publish_results(path: str | Path, results: dict, table: str, figure=None) -> int:
+    """A benchmark's last step: print ``table``, write ``path`` (JSON) and the ``.md`` beside it (and with
+    ``figure(png_path)`` the ``.png``), say what was written; returns 0, the exit status."""
+    print(table)
+    written = list(write_results(path, results, table))
+    if figure is not None:
+        written.append(Path(path).with_suffix(".png"))
+        figure(written[-1])
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def missing_input(requirements) -> str | None:
+    """``error: ...`` for the first ``(path, how to make it)`` whose file does not exist (``"none"``: not needed)."""
+    for path, how in requirements:
+        if str(path) != "none" and not Path(path).is_file():
+            return f"error: {path} does not exist; {how}"
+    return None
 
 
 def _open(path: str | Path) -> h5py.File:

@@ -1,3 +1,5 @@
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -116,3 +118,18 @@ def test_initial_conditions_from_file_reads_a_frame(tmp_path):
     data = _write(tmp_path / "t.h5", members=2, frames=3, n=8)
     w = from_file(tmp_path / "t.h5", Grid(8, dtype=torch.float32), frame=1)
     assert w.shape == (2, 8, 8) and np.array_equal(w.numpy(), data[:, 1])
+
+
+def test_published_results_are_printed_written_and_listed(tmp_path, capsys):
+    from solvers.io import missing_input, publish_results
+
+    drawn = []
+    out = tmp_path / "bench.json"
+    assert publish_results(out, {"a": 1}, "| a |\n", figure=lambda png: drawn.append(png) or png.write_bytes(b"x")) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("| a |") and f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}" in printed
+    assert json.loads(out.read_text()) == {"a": 1} and out.with_suffix(".md").read_text() == "| a |\n"
+    assert drawn == [out.with_suffix(".png")]
+    assert missing_input([(out, "x"), ("none", "not needed")]) is None
+    assert missing_input([(out, "x"), (tmp_path / "no.h5", "make it with `y`")]) == \
+        f"error: {tmp_path / 'no.h5'} does not exist; make it with `y`"
