@@ -10,16 +10,12 @@ import yaml
 
 from solvers.data_config import load_data_config
 from solvers.datagen import generate
+from test_evaluation import E1 as TINY_E1
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-E1 = {  # 32^2 DNS -> 16^2, 4 trajectories (2/1/1), 10 records 0.02 apart
-    "kind": "e1",
-    "dns": {"n": 32, "length": 1.0, "nu": 1e-3, "forcing": {"kind": "fno", "params": {"amplitude": 0.1}},
-            "noise": None, "init": {"kind": "grf", "params": {}}, "dt": 2e-3, "stepper": "euler_cn"},
-    "coarse": {"n": 16, "method": "subsample"},
+E1 = TINY_E1 | {  # test_evaluation's 32^2 -> 16^2 E1 flow, 4 trajectories (2/1/1), 10 records 0.02 apart
     "trajectories": 4, "splits": {"train": 2, "val": 1, "test": 1}, "batch": 4,
     "record": {"start": 0.0, "end": 0.2, "dt": 0.02}, "reference": {"start": 0.0, "end": 0.2, "dt": 0.1},
-    "store_dns": False, "device": "cpu", "dtype": "float64",
 }
 
 
