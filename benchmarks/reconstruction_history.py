@@ -92,7 +92,13 @@ def cycle(truth: torch.Tensor, basis, model, count: int, noise_std: float, chang
     windows, frames = truth.shape[:2]
     scale = ForecastErrorScale(basis) if forecast_error == "auto" else None
     grid = flow.grid
-    ops = [ObservationOperator(grid, random_sensors(count, grid.length, g)) for _ in range(windows)]
+
+    def layouts():  # one random layout per window: its operator and rows (sensors, x*y)
+        ops = [ObservationOperator(grid, random_sensors(count, grid.length, g)) for _ in range(windows)]
+        return [(op, op.matrix().double()) for op in ops]
+
+    sensors = layouts()
+    variances = [basis.sensor_variance(rows) for _, rows in sensors] if scale is not None else None
     w = basis.mean.expand(windows, -1).reshape(windows, grid.n, grid.n).clone()  # frame 0: about the mean
     errors, analysis_s, solver_s = [], 0.0, 0.0
     for i in range(frames):
@@ -101,15 +107,14 @@ def cycle(truth: torch.Tensor, basis, model, count: int, noise_std: float, chang
             w = rollout(w, flow.equation, dt, steps, stepper=flow_cfg.stepper, check_every=steps).w
             solver_s += time.perf_counter() - tick
             if changing:
-                ops = [ObservationOperator(grid, random_sensors(count, grid.length, g)) for _ in range(windows)]
+                sensors = layouts()
+                variances = [basis.sensor_variance(rows) for _, rows in sensors] if scale is not None else None
         tick = time.perf_counter()
         analyses = []
-        for j, op in enumerate(ops):
-            rows = op.matrix().double()
+        for j, (op, rows) in enumerate(sensors):
             y = op(truth[j, i][None]) + noise_std * torch.randn(1, count, generator=g, dtype=torch.float64)
             a = 1.0 if i == 0 else (forecast_error if scale is None else  # frame 0: about the snapshots' mean
-                                    scale.update(j, y[0] - rows @ w[j].reshape(-1), noise_std ** 2,
-                                                 basis.sensor_variance(rows)))
+                                    scale.update(j, y[0] - rows @ w[j].reshape(-1), noise_std ** 2, variances[j]))
             analyses.append(gappy_reconstruct(basis, y, rows, posterior_ridge(basis, noise_std ** 2 / a),
                                               background=w[j][None]))
         w = torch.cat(analyses)
