@@ -5,6 +5,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -84,3 +85,33 @@ def test_ensf_scaling_times_latent_and_physical_analyses(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["dim"] for r in rows] == [9, 65, 257] and rows[0]["ratio"] == 1.0
     assert all(r["seconds"] > 0 for r in rows)
+
+
+def test_spinup_finds_where_a_relaxing_history_settles():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import spinup
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    times = np.linspace(0.0, 40.0, 401)
+    z = (10 + 20 * np.exp(-times / 5))[:, None] * np.array([0.9, 1.1])  # two runs about one relaxing mean
+    summary = spinup.summarise(times, z, window=10.0, steady_from=20.0, tolerance=0.2)
+    # window [s, s + 10] holds 10 + 8.65 exp(-s / 5) against a level of 10.09: within 20 % from s = 10, not s = 5
+    assert summary["settled_from"] == 10.0 and summary["steady_level"] == pytest.approx(10.09, abs=0.01)
+    assert summary["windows"][0]["over_steady"] > 1.5
+    never = spinup.summarise(times, z[::-1], window=10.0, steady_from=20.0, tolerance=0.2)  # still changing at the end
+    assert never["settled_from"] is None
+
+
+def test_spinup_runs_a_data_configs_dns(data, tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import spinup
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    out = tmp_path / "s.json"
+    assert spinup.main(["--config", str(data.with_suffix(".yaml")), "--t-end", "0.2", "--every", "0.05",
+                        "--window", "0.1", "--members", "2", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert len(results["times"]) == 5 and np.isfinite(results["enstrophy"]).all()
+    assert np.shape(results["enstrophy"]) == (5, 2) and out.with_suffix(".png").is_file()
