@@ -115,3 +115,28 @@ def test_spinup_runs_a_data_configs_dns(data, tmp_path):
     results = json.loads(out.read_text())
     assert len(results["times"]) == 5 and np.isfinite(results["enstrophy"]).all()
     assert np.shape(results["enstrophy"]) == (5, 2) and out.with_suffix(".png").is_file()
+
+
+def test_cdm_components_measure_each_part_of_a_latent_closure(data, tmp_path, capsys):
+    import closure
+    from closure.evaluation import _setup
+    from solvers.pairs import read_attrs
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import cdm_components
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    _, flow, _ = _setup(read_attrs(data), "cpu", "float32")
+    ckpt = closure.plugin_class("latent_cdm").example_checkpoint(tmp_path / "m.pt", flow.grid, flow.equation)
+    out = tmp_path / "c.json"
+    assert cdm_components.main(["--checkpoint", str(ckpt), "--data", str(data), "--stride", "1", "--samples", "2",
+                                "--times", "0.1", "0.4", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["part"].split()[0] for r in rows] == ["autoencoder", "denoiser", "denoiser"] + ["sample"] * 2 + ["decoded"] * 2
+    assert all(-1 <= r["corr"] <= 1 for r in rows)
+    # the denoiser's noisy input loses correlation with the latent as the noise grows
+    assert rows[1]["input_corr"] > rows[2]["input_corr"]
+    fno = closure.plugin_class("fno").example_checkpoint(tmp_path / "f.pt", flow.grid, flow.equation)
+    assert cdm_components.main(["--checkpoint", str(fno), "--data", str(data), "--json", str(out)]) == 2
+    assert "not a latent diffusion closure" in capsys.readouterr().out

@@ -1,0 +1,106 @@
+"""The parts of a trained ``latent_cdm`` (or ``latent_cdm_two_phase``) model measured alone on a pair file's
+test split: where the latent closure loses what the state knows about the closure.
+
+    python benchmarks/cdm_components.py --checkpoint closure/checkpoints/latent_cdm_e1_small.pt --data data/e1_small.h5
+    python benchmarks/cdm_components.py --checkpoint runs/e2_les32/latent_cdm/best.pt --data data/e2_les32_small.h5
+
+Correlations with the normalised truth (1 = perfect), on every ``--stride``-th test pair:
+
+- ``autoencoder``: ``dec_h(enc_h(H))`` against ``H``, the best a latent sample can decode to;
+- ``denoiser`` at each noise level ``sigma(t)``: ``x + sigma^2 s(x, t | z_w)`` from ``x = z_H + sigma eps``
+  against ``z_H`` (the noisy ``x`` itself beside it): how much the score network adds from the condition;
+- ``sample``: one latent draw ``z ~ p(z_H | z_w)`` against ``z_H``, the mean of ``--samples`` draws, and both
+  decoded against ``H``; ``spread``: the draws' standard deviation over that of ``z_H``.
+
+A closure whose mean-of-draws correlation stays far below a deterministic model's (the E2 ``fno``) is limited
+by its conditional score (or its condition's encoder), not by its sampler. Writes ``results/cdm_components.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from latent.checkpoint import load_checkpoint
+from solvers.io import missing_input, publish_results
+from solvers.pairs import read_pairs
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a latent_cdm / latent_cdm_two_phase checkpoint")
+    p.add_argument("--data", required=True, help="the pair file it was trained on (its test split is used)")
+    p.add_argument("--stride", type=int, default=4, help="use every stride-th test pair")
+    p.add_argument("--samples", type=int, default=8, help="draws per pair for the mean of draws")
+    p.add_argument("--times", type=float, nargs="+", default=[0.05, 0.2, 0.4], help="SDE times of the denoiser rows")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise and the draws")
+    p.add_argument("--json", type=Path, default=RESULTS / "cdm_components.json", help="results file")
+    return p
+
+
+def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of all values of ``a`` and ``b`` (same shape)."""
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-30))
+
+
+@torch.no_grad()
+def measure(model, w: torch.Tensor, h: torch.Tensor, times: list[float], samples: int, seed: int) -> dict:
+    """The table's rows for normalised states ``w`` and targets ``h`` ``(batch, x, y)``."""
+    g = torch.Generator().manual_seed(seed)
+    z_h, z_w = model.enc_h(h), model.enc_w(w)
+    rows = [{"part": "autoencoder", "what": "dec_h(enc_h(H)) vs H", "corr": corr(model.dec_h(z_h), h)}]
+    for t in times:
+        tt = torch.full((z_h.shape[0],), float(t))
+        sigma = model.sde.sigma(tt)[:, None, None]
+        x = z_h + sigma * torch.randn(z_h.shape, generator=g)
+        denoised = x + sigma ** 2 * model.score(x, tt, z_w)
+        rows.append({"part": f"denoiser t={t:g} (sigma {float(sigma[0]):.3g})", "what": "vs z_H (noisy input)",
+                     "corr": corr(denoised, z_h), "input_corr": corr(x, z_h)})
+    draws = torch.stack([model.sample(z_w, g) for _ in range(samples)])
+    rows += [{"part": "sample", "what": "one draw vs z_H", "corr": corr(draws[0], z_h)},
+             {"part": "sample", "what": f"mean of {samples} draws vs z_H", "corr": corr(draws.mean(0), z_h)},
+             {"part": "decoded", "what": "one draw vs H", "corr": corr(model.dec_h(draws[0]), h)},
+             {"part": "decoded", "what": f"mean of {samples} draws vs H", "corr": corr(model.dec_h(draws.mean(0)), h)}]
+    return {"rows": rows, "spread": float(draws.std(0).mean() / z_h.std()), "pairs": int(w.shape[0])}
+
+
+def table(results: dict) -> str:
+    lines = ["| part | what | corr | input corr |", "|---|---|---|---|"]
+    lines += [f"| {r['part']} | {r['what']} | {r['corr']:.3f} | "
+              f"{r['input_corr']:.3f} |" if "input_corr" in r else f"| {r['part']} | {r['what']} | {r['corr']:.3f} | — |"
+              for r in results["rows"]]
+    return "\n".join(lines) + f"\n\nspread of the draws / std of z_H: {results['spread']:.3f} ({results['pairs']} pairs)\n"
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    problem = missing_input([(args.checkpoint, "train one: python train_closure.py train --closure latent_cdm ..."),
+                             (args.data, "generate it: python train_closure.py generate --config ...")])
+    if problem:
+        print(problem)
+        return 2
+    ckpt = load_checkpoint(args.checkpoint)
+    model, norm = ckpt.build_model().eval(), ckpt.normalization
+    if not hasattr(model, "enc_h"):
+        print(f"error: {args.checkpoint} holds a {type(model).__name__}, not a latent diffusion closure "
+              f"(latent_cdm or latent_cdm_two_phase)")
+        return 2
+    test = read_pairs(args.data, "test")
+    if tuple(test.state.shape[-2:]) != (ckpt.grid["n"],) * 2:
+        print(f"error: {args.data} holds {tuple(test.state.shape[-2:])} fields, the checkpoint a {ckpt.grid['n']}^2 grid")
+        return 2
+    idx = torch.arange(0, len(test.state), args.stride)
+    torch.manual_seed(args.seed)
+    results = measure(model, norm.state(test.state[idx]).float(), norm.target(test.target[idx]).float(),
+                      args.times, args.samples, args.seed)
+    results.update(checkpoint=str(args.checkpoint), data=str(args.data))
+    return publish_results(args.json, results, table(results))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
