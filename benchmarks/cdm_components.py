@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from latent.checkpoint import load_checkpoint
+from solvers.diagnostics import correlation as corr
 from solvers.io import missing_input, publish_results
-from solvers.pairs import read_pairs
+from solvers.pairs import read_attrs, read_pairs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -40,12 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and the draws")
     p.add_argument("--json", type=Path, default=RESULTS / "cdm_components.json", help="results file")
     return p
-
-
-def corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson correlation of all values of ``a`` and ``b`` (same shape)."""
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-30))
 
 
 @torch.no_grad()
@@ -71,9 +66,9 @@ def measure(model, w: torch.Tensor, h: torch.Tensor, times: list[float], samples
 
 def table(results: dict) -> str:
     lines = ["| part | what | corr | input corr |", "|---|---|---|---|"]
-    lines += [f"| {r['part']} | {r['what']} | {r['corr']:.3f} | "
-              f"{r['input_corr']:.3f} |" if "input_corr" in r else f"| {r['part']} | {r['what']} | {r['corr']:.3f} | — |"
-              for r in results["rows"]]
+    for r in results["rows"]:
+        noisy = f"{r['input_corr']:.3f}" if "input_corr" in r else "—"
+        lines.append(f"| {r['part']} | {r['what']} | {r['corr']:.3f} | {noisy} |")
     return "\n".join(lines) + f"\n\nspread of the draws / std of z_H: {results['spread']:.3f} ({results['pairs']} pairs)\n"
 
 
@@ -90,12 +85,14 @@ def main(argv=None) -> int:
         print(f"error: {args.checkpoint} holds a {type(model).__name__}, not a latent diffusion closure "
               f"(latent_cdm or latent_cdm_two_phase)")
         return 2
-    test = read_pairs(args.data, "test")
-    if tuple(test.state.shape[-2:]) != (ckpt.grid["n"],) * 2:
-        print(f"error: {args.data} holds {tuple(test.state.shape[-2:])} fields, the checkpoint a {ckpt.grid['n']}^2 grid")
+    attrs = read_attrs(args.data)
+    try:
+        ckpt.check_grid(int(attrs["grid_n"]), float(attrs["grid_length"]))
+    except ValueError as err:
+        print(f"error: {args.data}: {err}")
         return 2
+    test = read_pairs(args.data, "test")
     idx = torch.arange(0, len(test.state), args.stride)
-    torch.manual_seed(args.seed)
     results = measure(model, norm.state(test.state[idx]).float(), norm.target(test.target[idx]).float(),
                       args.times, args.samples, args.seed)
     results.update(checkpoint=str(args.checkpoint), data=str(args.data))

@@ -38,7 +38,7 @@ from closure.evaluation import coarse_flow
 from latent.pod import fit_pod, gappy_reconstruct, posterior_ridge
 from reconstruction import SHIPPED, load_learned, load_model
 from solvers.diagnostics import rel_l2
-from solvers.figures import save_figure
+from solvers.figures import _figure, save_figure
 from solvers.io import missing_input, publish_results
 from solvers.observation import ObservationOperator, random_sensors
 from solvers.pairs import read_pairs
@@ -210,12 +210,8 @@ def table(results: dict) -> str:
 
 
 def figure(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure(6, 4)
+    ax = fig.subplots()
     for name, c in results["curves"].items():
         line, = ax.plot(c["rel_l2"], label=f"{name} + {c.get('forecast', 'solver')}")
         if name != "truth":
@@ -223,9 +219,7 @@ def figure(results: dict, path: Path) -> None:
     ax.set(xlabel="horizon (frames)", ylabel="rel_l2", yscale="log",
            title=f"reconstruct-then-simulate vs latent, {results['sensors']} sensors")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

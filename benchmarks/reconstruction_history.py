@@ -34,7 +34,7 @@ import torch
 from forecast import prior_basis, resolved_model
 from latent.pod import ForecastErrorScale, gappy_reconstruct, posterior_ridge
 from solvers.diagnostics import rel_l2
-from solvers.figures import save_figure
+from solvers.figures import _figure, save_figure
 from solvers.io import missing_input, publish_results
 from solvers.observation import ObservationOperator, random_sensors
 from solvers.pairs import read_pairs
@@ -174,12 +174,8 @@ def table(results: dict) -> str:
 
 
 def figure(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure(6, 4)
+    ax = fig.subplots()
     colors = {}
     for r in results["rows"]:
         if r["layout"] != "changing":
@@ -192,9 +188,7 @@ def figure(results: dict, path: Path) -> None:
            title=f"gappy POD cycled with the solver, {Path(results['data']).stem}, changing layouts")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

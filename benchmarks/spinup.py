@@ -16,7 +16,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from solvers import diagnostics
 from solvers.data_config import load_data_config
@@ -109,7 +108,6 @@ def main(argv=None) -> int:
         print(f"error: need --t-end > --window, --every > 0 and --members >= 1 "
               f"(got {args.t_end}, {args.window}, {args.every}, {args.members})")
         return 2
-    torch.manual_seed(0)
     cfg = load_data_config(args.config)
     times, z = enstrophy_history(cfg, args.t_end, args.members, args.every, args.dtype)
     steady_from = args.t_end / 2 if args.steady_from is None else args.steady_from

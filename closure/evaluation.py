@@ -92,10 +92,8 @@ def a_priori(plugin, data: PairData, flow, batch: int = 64) -> dict[str, float]:
         preds.append(torch.zeros_like(w) if out is None else out)
     pred = torch.cat(preds).double().cpu()
     target = data.target.double().cpu()
-    p, t = pred - pred.mean(), target - target.mean()
-    corr = float((p * t).sum() / (p.norm() * t.norm())) if p.norm() > 0 else 0.0
     return {"mse": float(((pred - target) ** 2).mean()), "rel_l2": float(diagnostics.rel_l2(pred, target)),
-            "corr": corr}
+            "corr": diagnostics.correlation(pred, target)}
 
 
 class _Timed:

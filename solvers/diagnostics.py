@@ -18,6 +18,7 @@ __all__ = [
     "max_velocity",
     "cfl_number",
     "rel_l2",
+    "correlation",
     "ens_mean_rel_l2",
     "spread",
 ]
@@ -97,6 +98,13 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     num = torch.linalg.vector_norm(a - b, dim=(-2, -1))
     den = torch.linalg.vector_norm(b, dim=(-2, -1))
     return (num / den).mean()
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of all values of ``a`` and ``b`` (same shape), in float64; 0 if either is constant."""
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    norms = float(a.norm() * b.norm())
+    return float((a * b).sum()) / norms if norms > 0 else 0.0
 
 
 def ens_mean_rel_l2(members: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

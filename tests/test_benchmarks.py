@@ -1,5 +1,6 @@
 """The E4 benchmark scripts run end to end on a tiny generated E1 dataset (no checkpoints): a smoke test that
 keeps them in step with the library (their figures come from real runs in benchmarks/results/)."""
+import importlib
 import json
 import math
 import sys
@@ -28,15 +29,18 @@ def data(tmp_path_factory):
     return tmp / "e1.h5"
 
 
+def benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` imported as a module."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
 @pytest.fixture(scope="module")
 def scripts():
-    sys.path.insert(0, str(BENCHMARKS))
-    import forecast
-    import reconstruction
-    import reconstruction_history
-
-    yield reconstruction, reconstruction_history, forecast
-    sys.path.remove(str(BENCHMARKS))
+    return benchmark("reconstruction"), benchmark("reconstruction_history"), benchmark("forecast")
 
 
 def test_reconstruction_table_covers_every_fraction_layout_and_noise(data, scripts, tmp_path):
@@ -74,11 +78,7 @@ def test_forecast_runs_from_every_start_over_the_horizon(data, scripts, tmp_path
 
 
 def test_ensf_scaling_times_latent_and_physical_analyses(tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import ensf_scaling
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    ensf_scaling = benchmark("ensf_scaling")
     out = tmp_path / "s.json"
     assert ensf_scaling.main(["--latent", "8", "--sizes", "8", "16", "--sensors", "5", "--members", "4",
                               "--steps", "5", "--repeats", "1", "--json", str(out)]) == 0
@@ -88,11 +88,7 @@ def test_ensf_scaling_times_latent_and_physical_analyses(tmp_path):
 
 
 def test_spinup_finds_where_a_relaxing_history_settles():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import spinup
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    spinup = benchmark("spinup")
     times = np.linspace(0.0, 40.0, 401)
     z = (10 + 20 * np.exp(-times / 5))[:, None] * np.array([0.9, 1.1])  # two runs about one relaxing mean
     summary = spinup.summarise(times, z, window=10.0, steady_from=20.0, tolerance=0.2)
@@ -104,11 +100,7 @@ def test_spinup_finds_where_a_relaxing_history_settles():
 
 
 def test_spinup_runs_a_data_configs_dns(data, tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import spinup
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    spinup = benchmark("spinup")
     out = tmp_path / "s.json"
     assert spinup.main(["--config", str(data.with_suffix(".yaml")), "--t-end", "0.2", "--every", "0.05",
                         "--window", "0.1", "--members", "2", "--json", str(out)]) == 0
@@ -122,11 +114,7 @@ def test_cdm_components_measure_each_part_of_a_latent_closure(data, tmp_path, ca
     from closure.evaluation import _setup
     from solvers.pairs import read_attrs
 
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import cdm_components
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    cdm_components = benchmark("cdm_components")
     _, flow, _ = _setup(read_attrs(data), "cpu", "float32")
     ckpt = closure.plugin_class("latent_cdm").example_checkpoint(tmp_path / "m.pt", flow.grid, flow.equation)
     out = tmp_path / "c.json"

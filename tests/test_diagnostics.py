@@ -48,3 +48,17 @@ def test_error_metrics():
     members = torch.stack([truth * 0.9, truth * 1.1])
     assert ens_mean_rel_l2(members, truth).item() == pytest.approx(0.0, abs=1e-7)
     assert spread(members).item() == pytest.approx(0.1)
+
+
+def test_correlation_is_pearsons_over_all_values():
+    import numpy as np
+
+    from solvers import diagnostics
+
+    g = torch.Generator().manual_seed(0)
+    a, noise = torch.randn(3, 8, 8, generator=g), torch.randn(3, 8, 8, generator=g)
+    assert diagnostics.correlation(a, 2 * a + 1) == pytest.approx(1.0, abs=1e-12)
+    assert diagnostics.correlation(a, -a) == pytest.approx(-1.0, abs=1e-12)
+    expected = np.corrcoef(a.flatten().numpy(), (a + noise).flatten().numpy())[0, 1]
+    assert diagnostics.correlation(a, a + noise) == pytest.approx(expected, rel=1e-6)
+    assert diagnostics.correlation(torch.zeros(4, 4), a[0, :4, :4]) == 0.0
