@@ -61,6 +61,11 @@ def flow_fingerprint(attrs: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("name", *_PHYSICS[1:]):
         if isinstance(flow, dict) and key in flow:
             fingerprint[key] = flow[key]
+    coarse = config.get("coarse") if isinstance(config, dict) else None
+    if fingerprint.get("kind") == "e2" and isinstance(coarse, dict) and isinstance(fingerprint.get("forcing"), dict):
+        # the LES of E2 data forces with the filtered forcing (solvers.filters, module doc)
+        fingerprint["forcing"] = {**fingerprint["forcing"], "filter": coarse.get("method", "gaussian"),
+                                  "filter_width": coarse.get("width")}
     return fingerprint
 
 
@@ -161,7 +166,8 @@ class Checkpoint:
         forcing = self.flow.get("forcing")
         if isinstance(forcing, Mapping):
             ref = grid.to(device="cpu", dtype=torch.float64)
-            expected = make_forcing(ref, forcing.get("kind"), **(forcing.get("params") or {}))
+            expected = make_forcing(ref, forcing.get("kind"), filter=forcing.get("filter") or "none",
+                                    filter_width=forcing.get("filter_width"), **(forcing.get("params") or {}))
             expected = torch.zeros(ref.shape, dtype=torch.float64) if expected is None else expected
             actual = torch.zeros_like(expected) if equation.forcing_hat is None else \
                 grid.irfft(equation.forcing_hat).to("cpu", torch.float64)

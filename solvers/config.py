@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .filters import FILTERS
 from .grid import parse_length
 from .observation import NOISE_KINDS
 from .stepping import STEPPERS
@@ -48,13 +49,19 @@ def check(ok: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class ForcingConfig:
-    """Deterministic forcing: ``kind`` with keyword ``params`` for :func:`solvers.forcing.make_forcing`."""
+    """Deterministic forcing: ``kind`` with keyword ``params`` for :func:`solvers.forcing.make_forcing`;
+    ``filter`` / ``filter_width``: the filtered forcing an LES of filtered DNS needs (``none``: as given)."""
 
     kind: str = "none"
     params: dict = field(default_factory=dict)
+    filter: str = "none"
+    filter_width: float | None = None
 
     def __post_init__(self) -> None:
         check(self.kind in FORCINGS, f"unknown flow.forcing.kind {self.kind!r}; choose one of {list(FORCINGS)}")
+        check(self.filter in FILTERS, f"unknown flow.forcing.filter {self.filter!r}; choose one of {list(FILTERS)}")
+        check(self.filter_width is None or self.filter_width > 0,
+              f"flow.forcing.filter_width must be positive or null (2 L / n), got {self.filter_width}")
 
 
 @dataclass(frozen=True)

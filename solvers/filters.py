@@ -15,9 +15,12 @@ Exact closure terms and their sign:
 
 - E1: ``H = -u . grad w + sigma dW/dt`` on the fine grid, subsampled; :func:`e1_closure_target` gives
   the deterministic part, the data generator adds the noise part.
-- E2: ``Pi = filter(u . grad w) - u_bar . grad w_bar`` on the coarse grid, dealiased. The filtered
-  DNS obeys ``d w_bar/dt = -u_bar . grad w_bar + nu lap w_bar - drag w_bar + f_bar - Pi``, so the
-  exact tendency correction a closure plug-in should return is ``-Pi``.
+- E2: ``Pi = filter(u . grad w) - u_bar . grad w_bar`` on the coarse grid, ``u_bar . grad w_bar``
+  dealiased as the LES does it and ``Pi`` not dealiased. The filtered DNS obeys
+  ``d w_bar/dt = -u_bar . grad w_bar + nu lap w_bar - drag w_bar + f_bar - Pi``, so the exact tendency
+  correction a closure plug-in should return is ``-Pi``, and the LES forces with the filtered
+  ``f_bar`` (``flow.forcing.filter``): then LES + exact closure has the filtered DNS's tendency to
+  round-off (tests/test_filters.py).
 """
 from __future__ import annotations
 
@@ -195,11 +198,15 @@ def e1_closure_target(w_fine: torch.Tensor, stride: int, equation_fine) -> torch
 
 
 def les_closure_term(w_fine: torch.Tensor, n_coarse: int, filter: str = "gaussian", width: float | None = None,
-                     *, length: float | None = None) -> torch.Tensor:
+                     *, length: float | None = None, dealias: bool = True) -> torch.Tensor:
     """E2's ``Pi = filter(u . grad w) - u_bar . grad w_bar`` on the coarse grid, ``(..., n_c, n_c)``.
 
-    ``u . grad w`` is dealiased on the fine grid; ``w_bar = coarse_grain(w)`` and its advection are
-    dealiased on the coarse grid, and so is ``Pi``. A closure should return ``-Pi`` (module doc).
+    ``u . grad w`` is dealiased on the fine grid, filtered and truncated to the coarse grid;
+    ``w_bar = coarse_grain(w)`` and its advection are computed as the LES computes them (2/3-rule
+    dealiased when ``dealias``, the LES's ``flow.dealias``). ``Pi`` itself is *not* dealiased: on the
+    band between the LES's 2/3 cutoff and its Nyquist the LES has no convection at all, and ``Pi`` holds
+    the whole filtered transfer there. So an LES step with the closure ``-Pi`` and the filtered forcing
+    (``forcing.filter``) has exactly the filtered DNS's tendency. A closure should return ``-Pi``.
     ``width`` defaults to ``2 L / n_coarse``; an explicit ``width`` needs ``length`` (= L).
     """
     width, length = _resolve_width(width, n_coarse, length)
@@ -210,5 +217,4 @@ def les_closure_term(w_fine: torch.Tensor, n_coarse: int, filter: str = "gaussia
     w_hat = fine.rfft(w_fine)
     filtered_adv_hat = _truncate_hat(spectral.advection(w_hat, fine) * transfer, n_coarse)
     w_bar_hat = truncate(w_hat * transfer, n_coarse)
-    pi_hat = (filtered_adv_hat - spectral.advection(w_bar_hat, coarse)) * coarse.dealias
-    return coarse.irfft(pi_hat)
+    return coarse.irfft(filtered_adv_hat - spectral.advection(w_bar_hat, coarse, dealias=dealias))

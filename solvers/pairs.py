@@ -33,7 +33,10 @@ import torch
 __all__ = ["LAYOUT", "LAYOUT_VERSION", "SPLITS", "PairData", "TrajectoryData", "read_pairs", "read_trajectories", "read_attrs", "split_stats",
            "write_pairs"]
 
-LAYOUT, LAYOUT_VERSION = "closure-pairs", 1
+LAYOUT, LAYOUT_VERSION = "closure-pairs", 2
+# Older layouts still read, by dataset kind. Version 2 changed only E2's target: -Pi is no longer
+# 2/3-dealiased (solvers.filters.les_closure_term), so version-1 E1 files are still valid.
+_STILL_VALID = {1: ("e1",)}
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -68,9 +71,12 @@ def read_attrs(path: str | Path) -> dict:
     if attrs.get("layout") != LAYOUT:
         raise ValueError(f"{path} is not a closure-pair dataset (layout={attrs.get('layout')!r}); "
                          f"simulate.py trajectories cannot be used for training directly")
-    if int(attrs.get("layout_version", -1)) != LAYOUT_VERSION:
-        raise ValueError(f"{path} has layout version {attrs.get('layout_version')}, this code reads "
-                         f"{LAYOUT_VERSION}; regenerate the data with this version")
+    version = int(attrs.get("layout_version", -1))
+    if version != LAYOUT_VERSION and attrs.get("kind") not in _STILL_VALID.get(version, ()):
+        why = (" (its E2 target is the old 2/3-dealiased -Pi, which does not make the LES exact)"
+               if version == 1 else "")
+        raise ValueError(f"{path} has layout version {version}{why}, this code reads {LAYOUT_VERSION}; "
+                         f"regenerate the data with this version (the same `train_closure.py generate` command)")
     if missing:
         raise ValueError(f"{path} lacks dataset(s) {missing}; regenerate it")
     if attrs.get("status") != "complete":

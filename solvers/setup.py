@@ -62,7 +62,8 @@ def build_flow(flow: FlowConfig, ensemble: int = 1, device: str = "cpu", dtype: 
     gets the same ``dt``.
     """
     grid = Grid(flow.n, flow.length, device=device, dtype=torch_dtype(dtype))
-    forcing = make_forcing(grid, flow.forcing.kind, **flow.forcing.params)
+    forcing = make_forcing(grid, flow.forcing.kind, filter=flow.forcing.filter, filter_width=flow.forcing.filter_width,
+                           **flow.forcing.params)
     equation = NavierStokes2D(grid, flow.nu, flow.drag, forcing, dealias=flow.dealias,
                               convection=flow.convection)
     noise = None

@@ -140,6 +140,18 @@ def test_check_solver(tmp_path, solver, message):
             load_checkpoint(path).check_solver(grid, eq)
 
 
+def test_e2_checkpoint_needs_the_filtered_forcing(tmp_path):
+    """E2 data fingerprints record the LES's filtered forcing: the unfiltered one is refused."""
+    from solvers.forcing import make_forcing
+
+    forcing = {**FLOW["forcing"], "filter": "gaussian", "filter_width": None}
+    path, _ = write(tmp_path / "a.pt", flow={**FLOW, "forcing": forcing})
+    filtered = lambda grid: make_forcing(grid, "kolmogorov", filter="gaussian", **FLOW["forcing"]["params"])  # noqa: E731
+    load_checkpoint(path).check_solver(*_solver(forcing=filtered))
+    with pytest.raises(ValueError, match="the solver's forcing differs"):
+        load_checkpoint(path).check_solver(*_solver())
+
+
 def test_e1_checkpoint_needs_a_solver_without_convection(tmp_path):
     path, _ = write(tmp_path / "a.pt", flow={**FLOW, "kind": "e1"})
     with pytest.raises(ValueError, match="whole convection term.*flow.convection=false"):
@@ -157,3 +169,7 @@ def test_flow_fingerprint_from_dataset_attributes():
     assert flow_fingerprint({"kind": "e1", "config": data_config})["forcing"] == {"kind": "fno",
                                                                                   "params": {"amplitude": 0.1}}
     assert flow_fingerprint({"config": "not: [valid"}) == {}
+    e2 = ("kind: e2\ndns:\n  nu: 0.001\n  forcing: {kind: kolmogorov, params: {k_f: 4}}\n"
+          "coarse: {n: 32, method: gaussian, width: null}\n")
+    assert flow_fingerprint({"kind": "e2", "config": e2})["forcing"] == {  # the LES forces with f_bar
+        "kind": "kolmogorov", "params": {"k_f": 4}, "filter": "gaussian", "filter_width": None}

@@ -107,6 +107,50 @@ def test_e2_target_is_minus_pi_of_the_stored_dns(tmp_path):
     assert "target_noise" not in d and read_attrs(tmp_path / "pairs.h5")["kind"] == "e2"
 
 
+def test_e2_les_model_plus_stored_target_is_the_filtered_dns_tendency(tmp_path):
+    """End to end: the LES that evaluation builds from the file (closure.evaluation.coarse_flow, with
+    the filtered forcing) plus the stored target has the filtered DNS's tendency at every record."""
+    from dataclasses import replace
+
+    from closure.evaluation import coarse_flow
+    from solvers.config import FlowConfig, build_dataclass
+    from solvers.setup import build_flow
+
+    path = make(tmp_path, E2)
+    d, attrs = datasets(path), read_attrs(path)
+    les_cfg, _ = coarse_flow(attrs)
+    assert les_cfg.forcing.filter == "gaussian"
+    dns_cfg = build_dataclass(FlowConfig, yaml.safe_load(attrs["config"])["dns"], "dns.")
+
+    def tendency(cfg, w):
+        eq = build_flow(replace(cfg, init=replace(cfg.init, kind="taylor_green", params={})), 1, "cpu", "float64").equation
+        w_hat = eq.grid.rfft(w)
+        return eq.grid.irfft(eq.explicit_terms(w_hat) + eq.implicit_terms(w_hat))
+
+    dns = torch.from_numpy(d["dns"]).double().flatten(0, 1)
+    exact = coarse_grain(tendency(dns_cfg, dns), 16)
+    model = tendency(les_cfg, torch.from_numpy(d["state"]).double().flatten(0, 1)) + \
+        torch.from_numpy(d["target"]).double().flatten(0, 1)
+    assert float((model - exact).abs().max()) < 1e-6 * float(exact.abs().max())  # the file stores float32
+    unfiltered = tendency(replace(les_cfg, forcing=replace(les_cfg.forcing, filter="none")),
+                          torch.from_numpy(d["state"]).double().flatten(0, 1))
+    assert float((unfiltered - model + torch.from_numpy(d["target"]).double().flatten(0, 1)).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("base, readable", [(E1, True), (E2, False)], ids=["e1", "e2"])
+def test_version_1_files_read_only_where_the_target_did_not_change(tmp_path, base, readable):
+    """Layout 2 changed E2's target (no longer 2/3-dealiased): a version-1 E2 file is refused with
+    the fix, a version-1 E1 file still reads."""
+    path = make(tmp_path, base)
+    with h5py.File(path, "r+") as f:
+        f.attrs["layout_version"] = 1
+    if readable:
+        assert read_attrs(path)["kind"] == "e1"
+    else:
+        with pytest.raises(ValueError, match="old 2/3-dealiased -Pi.*regenerate"):
+            read_attrs(path)
+
+
 @pytest.mark.parametrize("base", [E1, E2], ids=["e1", "e2"])
 def test_reference_window_holds_the_coarse_truth(tmp_path, base):
     d = datasets(make(tmp_path, base))
