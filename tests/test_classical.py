@@ -158,12 +158,14 @@ def test_dsmag_is_smagorinsky_with_dynamic_constant(turbulence):
 
 @pytest.mark.parametrize("name", CLOSURES)
 def test_a_priori_correlation_with_exact_closure(name, turbulence):
-    """Each model's correction correlates positively with the exact ``-Pi`` on coarse-grained DNS
-    (measured 0.43-0.62 for this field)."""
+    """Each model's correction correlates positively with the exact ``-Pi`` on coarse-grained DNS:
+    measured 0.28-0.39 for this field, 0.43-0.62 inside the LES's 2/3 band (above it ``Pi`` is the whole
+    filtered transfer, which no eddy viscosity models)."""
     w, pi, grid = turbulence
     out = build(name, grid)(state_of(w, grid))
-    corr = (out * -pi).sum(dim=(-2, -1)) / (out.norm(dim=(-2, -1)) * pi.norm(dim=(-2, -1)))
-    assert (corr > 0.3).all(), corr
+    for target, bound in ((pi, 0.25), (grid.irfft(grid.rfft(pi) * grid.dealias), 0.4)):
+        corr = (out * -target).sum(dim=(-2, -1)) / (out.norm(dim=(-2, -1)) * target.norm(dim=(-2, -1)))
+        assert (corr > bound).all(), corr
 
 
 def test_dsmag_coefficient_near_a_priori_optimum(turbulence):
