@@ -51,12 +51,12 @@ def measure(model, w: torch.Tensor, h: torch.Tensor, times: list[float], samples
     rows = [{"part": "autoencoder", "what": "dec_h(enc_h(H)) vs H", "corr": corr(model.dec_h(z_h), h)}]
     for t in times:
         tt = torch.full((z_h.shape[0],), float(t))
-        sigma = model.sde.sigma(tt)[:, None, None]
+        sigma = model.sde.sigma(tt).reshape(-1, *[1] * (z_h.dim() - 1))
         x = z_h + sigma * torch.randn(z_h.shape, generator=g)
         denoised = x + sigma ** 2 * model.score(x, tt, z_w)
         rows.append({"part": f"denoiser t={t:g} (sigma {float(sigma[0]):.3g})", "what": "vs z_H (noisy input)",
                      "corr": corr(denoised, z_h), "input_corr": corr(x, z_h)})
-    draws = torch.stack([model.sample(z_w, g) for _ in range(samples)])
+    draws = torch.stack([model.sample_latent(z_w, g) for _ in range(samples)])
     rows += [{"part": "sample", "what": "one draw vs z_H", "corr": corr(draws[0], z_h)},
              {"part": "sample", "what": f"mean of {samples} draws vs z_H", "corr": corr(draws.mean(0), z_h)},
              {"part": "decoded", "what": "one draw vs H", "corr": corr(model.dec_h(draws[0]), h)},

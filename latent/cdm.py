@@ -49,16 +49,17 @@ class ConditionalDiffusion(TrainableModel):
 
     def score(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         sigma = self.sde.sigma(t)
-        return self.net(x, sigma.log(), c) / sigma[:, None, None]
+        return self.net(x, sigma.log(), c) / sigma.reshape(-1, *[1] * (x.dim() - 1))
 
-    def sample(self, c: torch.Tensor, generator=None, **sampling) -> torch.Tensor:
-        """One sample of ``x | c`` per row of ``c`` ``(batch, x, y)``; ``sampling`` overrides the defaults."""
+    def sample(self, c: torch.Tensor, generator=None, shape: tuple[int, ...] | None = None, **sampling) -> torch.Tensor:
+        """One sample of ``x | c`` per row of ``c`` ``(batch, ...)``, ``x`` of ``shape`` (default: ``c``'s);
+        ``sampling`` overrides the defaults."""
         unknown = set(sampling) - set(self.sampling)
         if unknown:
             raise ValueError(f"unknown sampling option(s) {sorted(unknown)}; choose from {sorted(self.sampling)}")
         opts = {**self.sampling, **{k: v for k, v in sampling.items() if v is not None}}
-        return sample(lambda x, t: self.score(x, t, c), tuple(c.shape), self.sde, generator=generator,
-                      device=c.device, dtype=c.dtype, **opts)
+        return sample(lambda x, t: self.score(x, t, c), tuple(c.shape) if shape is None else shape, self.sde,
+                      generator=generator, device=c.device, dtype=c.dtype, **opts)
 
 
 def _sampling_defaults(sampler: str, steps: int, t_max: float, t_min: float, rho: float) -> dict:
@@ -87,9 +88,10 @@ class PhysicalCDM(ConditionalDiffusion):
 class LatentCDM(ConditionalDiffusion):
     """L-CDM trained jointly: autoencoders for ``w`` and ``H`` plus a latent score network.
 
-    ``ae_channels`` / ``levels``: autoencoder width and halvings (64^2 -> 16^2 for 2); ``modes``,
-    ``width``, ``layers``, ``hidden``, ``embed``: the latent score network (E1: modes 4, width 20);
-    ``w_*``: the loss weights."""
+    ``ae_channels`` / ``levels``: autoencoder width and halvings (64^2 -> 16^2 for 2); ``latent_channels`` /
+    ``cond_channels``: channels of the closure's latent ``z_H`` and of the state's ``z_w`` (E1: 1 each; ``4^levels``
+    channels keep as many numbers as the field); ``modes``, ``width``, ``layers``, ``hidden``, ``embed``: the
+    latent score network (E1: modes 4, width 20); ``w_*``: the loss weights."""
 
     joint = True
 
@@ -97,11 +99,11 @@ class LatentCDM(ConditionalDiffusion):
                  hidden: int = 64, embed: int = 32, sigma_max: float = 30.0, sampler: str = "euler_maruyama",
                  steps: int = 10, t_max: float = 0.4, t_min: float = 1e-3, rho: float = 7.0,
                  w_recon_h: float = 10.0, w_recon_w: float = 0.1, w_score: float = 0.1,
-                 w_moment: float = 0.01) -> None:
-        super().__init__(ConditionalScoreNet(modes, width, layers, hidden, embed), sigma_max,
-                         **_sampling_defaults(sampler, steps, t_max, t_min, rho))
-        self.enc_h, self.dec_h = Encoder(ae_channels, levels), Decoder(ae_channels, levels)
-        self.enc_w, self.dec_w = Encoder(ae_channels, levels), Decoder(ae_channels, levels)
+                 w_moment: float = 0.01, latent_channels: int = 1, cond_channels: int = 1) -> None:
+        super().__init__(ConditionalScoreNet(modes, width, layers, hidden, embed, latent_channels, cond_channels),
+                         sigma_max, **_sampling_defaults(sampler, steps, t_max, t_min, rho))
+        self.enc_h, self.dec_h = Encoder(ae_channels, levels, latent_channels), Decoder(ae_channels, levels, latent_channels)
+        self.enc_w, self.dec_w = Encoder(ae_channels, levels, cond_channels), Decoder(ae_channels, levels, cond_channels)
         self.weights = {"recon_h": w_recon_h, "recon_w": w_recon_w, "score": w_score, "moment": w_moment}
 
     def terms(self, state: torch.Tensor, target: torch.Tensor, score: bool = True) -> dict[str, torch.Tensor]:
@@ -124,8 +126,13 @@ class LatentCDM(ConditionalDiffusion):
     def encode_condition(self, state: torch.Tensor) -> torch.Tensor:
         return self.enc_w(state)
 
+    def sample_latent(self, z_w: torch.Tensor, generator=None, **sampling) -> torch.Tensor:
+        """One ``z_H ~ p(z_H | z_w)`` per row of ``z_w``."""
+        shape = (z_w.shape[0], *([] if self.net.channels == 1 else [self.net.channels]), *z_w.shape[-2:])
+        return self.sample(z_w, generator, shape=shape, **sampling)
+
     def predict(self, state, generator=None, **sampling):
-        return self.dec_h(self.sample(self.enc_w(state), generator, **sampling))
+        return self.dec_h(self.sample_latent(self.enc_w(state), generator, **sampling))
 
 
 @register_model("latent_cdm_two_phase")
@@ -141,9 +148,9 @@ class LatentCDMTwoPhase(LatentCDM):
                  layers: int = 4, hidden: int = 64, embed: int = 32, sigma_max: float = 30.0,
                  sampler: str = "euler_maruyama", steps: int = 10, t_max: float = 0.4, t_min: float = 1e-3,
                  rho: float = 7.0, w_recon_h: float = 10.0, w_recon_w: float = 0.1, w_score: float = 0.1,
-                 w_moment: float = 0.01) -> None:
+                 w_moment: float = 0.01, latent_channels: int = 1, cond_channels: int = 1) -> None:
         super().__init__(ae_channels, levels, modes, width, layers, hidden, embed, sigma_max, sampler, steps, t_max,
-                         t_min, rho, w_recon_h, w_recon_w, w_score, w_moment)
+                         t_min, rho, w_recon_h, w_recon_w, w_score, w_moment, latent_channels, cond_channels)
         if ae_epochs < 0:
             raise ValueError(f"ae_epochs must be >= 0, got {ae_epochs}")
         self.ae_epochs, self.phase = ae_epochs, 1 if ae_epochs > 0 else 2

@@ -24,6 +24,7 @@ from solvers.setup import build_flow
 from test_training import one_thread, read_log, write_tiny_pairs  # noqa: F401  (one_thread: autouse fixture)
 
 TINY = dict(ae_channels=4, modes=2, width=8, layers=2, hidden=16, embed=8)
+MULTI = dict(TINY, levels=1, latent_channels=4, cond_channels=3)  # (16, 16) fields <-> (4 | 3, 8, 8) latents
 
 
 def _batch(n=16, b=4, seed=0):
@@ -38,12 +39,13 @@ def _encoder_grads(model, w, h):
     return norm(model.enc_h), norm(model.enc_w), norm(model.net)
 
 
-def test_joint_score_gradient_reaches_both_encoders_two_phase_does_not():
+@pytest.mark.parametrize("kw", [TINY, MULTI], ids=["one-channel", "multi-channel"])
+def test_joint_score_gradient_reaches_both_encoders_two_phase_does_not(kw):
     w, h = _batch()
-    joint = build_model("latent_cdm", **TINY)
+    joint = build_model("latent_cdm", **kw)
     enc_h, enc_w, net = _encoder_grads(joint, w, h)
     assert enc_h > 0 and enc_w > 0 and net > 0
-    two = build_model("latent_cdm_two_phase", ae_epochs=1, **TINY)
+    two = build_model("latent_cdm_two_phase", ae_epochs=1, **kw)
     enc_h, enc_w, net = _encoder_grads(two, w, h)
     assert enc_h == 0 and enc_w == 0 and net > 0
 
@@ -63,9 +65,11 @@ def test_two_phase_trains_the_autoencoder_then_only_the_score_network():
     assert loss.item() == pytest.approx(0.1 * float(terms["score"]))
 
 
-@pytest.mark.parametrize("name", ["latent_cdm", "p_cdm"])
-def test_members_get_their_own_samples_and_seeds_repeat(name):
-    model = build_model(name, **(TINY if name == "latent_cdm" else dict(modes=2, width=8, layers=1, hidden=8, embed=8)))
+@pytest.mark.parametrize("name, kw", [("latent_cdm", TINY), ("latent_cdm", MULTI),
+                                      ("p_cdm", dict(modes=2, width=8, layers=1, hidden=8, embed=8))],
+                         ids=["latent_cdm", "latent_cdm-multi-channel", "p_cdm"])
+def test_members_get_their_own_samples_and_seeds_repeat(name, kw):
+    model = build_model(name, **kw)
     w = _batch(b=1)[0].expand(3, -1, -1)  # three members in the same state
     with torch.no_grad():
         a = model.predict(w, MemberRNG(0, 3))
@@ -75,6 +79,22 @@ def test_members_get_their_own_samples_and_seeds_repeat(name):
     assert not torch.allclose(a[0], a[1]) and not torch.allclose(a[1], a[2])
     assert torch.equal(a, b)
     assert torch.allclose(a[1], c[0], atol=1e-5)
+
+
+def test_multi_channel_latents_have_their_shapes_and_one_channel_keeps_the_e1_layout():
+    w, h = _batch()
+    multi = build_model("latent_cdm", **MULTI)
+    assert multi.enc_h(h).shape == (4, 4, 8, 8) and multi.enc_w(w).shape == (4, 3, 8, 8)
+    assert multi.dec_h(multi.enc_h(h)).shape == h.shape
+    with torch.no_grad():
+        assert multi.sample_latent(multi.enc_w(w)).shape == (4, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"\(batch, 4, x, y\) latents"):
+        multi.dec_h(torch.zeros(4, 8, 8))
+    one = build_model("latent_cdm", **TINY)  # E1 / the shipped model: (batch, x, y) latents, same parameters
+    assert one.enc_h(h).shape == (4, 4, 4)
+    shipped = torch.load(SHIPPED / "latent_cdm_e1_small.pt", map_location="cpu", weights_only=False)["model"]
+    assert {k: v.shape for k, v in build_model("latent_cdm", **shipped["kwargs"]).state_dict().items()} == \
+        {k: v.shape for k, v in shipped["state_dict"].items()}
 
 
 def test_sampler_options_reach_the_model_and_bad_ones_are_refused(tmp_path):

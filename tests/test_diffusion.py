@@ -66,21 +66,27 @@ def test_e1_sampler_from_its_prior_is_close_to_the_target():
     assert float(out.std()) == pytest.approx(1.0, abs=0.15)
 
 
-def test_score_network_learns_a_conditional_gaussian_score():
-    """Train the two-branch score network by DSM on x | c ~ N(c, 0.3^2) (per point): its score must
-    match the exact -(x - c) / (0.09 + sigma(t)^2) within 20 % relative L2 at every tested t."""
+@pytest.mark.parametrize("channels", [1, 2])
+def test_score_network_learns_a_conditional_gaussian_score(channels):
+    """Train the two-branch score network by DSM on x | c ~ N(m(c), 0.3^2) (per point; one channel:
+    m = c, two channels: m = (c, -c)): its score must match the exact -(x - m) / (0.09 + sigma(t)^2)
+    within 20 % relative L2 at every tested t."""
     torch.manual_seed(0)
-    net = ConditionalScoreNet(modes=2, width=16, layers=2, hidden=32, embed=16).double()
+    net = ConditionalScoreNet(modes=2, width=16, layers=2, hidden=32, embed=16, channels=channels).double()
     s2 = 0.3 ** 2
+    sign = torch.tensor([1.0, -1.0], dtype=torch.float64)[:, None, None]
+
+    def mean(c):
+        return c if channels == 1 else c[:, None] * sign
 
     def score(x, t, c):
         sigma = SDE.sigma(t)
-        return net(x, sigma.log(), c) / sigma[:, None, None]
+        return net(x, sigma.log(), c) / sigma.reshape(-1, *[1] * (x.dim() - 1))
 
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(400):
         c = torch.randn(64, 8, 8, dtype=torch.float64)
-        x0 = c + math.sqrt(s2) * torch.randn_like(c)
+        x0 = mean(c) + math.sqrt(s2) * torch.randn_like(mean(c))
         loss = dsm_loss(lambda x, t: score(x, t, c), x0, SDE)
         opt.zero_grad()
         loss.backward()
@@ -89,7 +95,8 @@ def test_score_network_learns_a_conditional_gaussian_score():
         for tv in (0.05, 0.2, 0.5, 0.9):
             c = torch.randn(256, 8, 8, dtype=torch.float64)
             t = torch.full((256,), tv, dtype=torch.float64)
-            x = c + torch.sqrt(s2 + SDE.sigma(t)[:, None, None] ** 2) * torch.randn_like(c)
-            exact = gaussian_score(c, s2, SDE)(x, t)
+            m = mean(c)
+            x = m + torch.sqrt(s2 + SDE.sigma(t).reshape(-1, *[1] * (m.dim() - 1)) ** 2) * torch.randn_like(m)
+            exact = gaussian_score(m, s2, SDE)(x, t)
             err = float((score(x, t, c) - exact).norm() / exact.norm())
             assert err < 0.2, (tv, err)
