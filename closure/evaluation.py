@@ -43,7 +43,7 @@ from . import statistics
 from .evaluation_report import load_results, long_run_table, markdown_table, merge_results, write_report
 from .registry import available, make_plugin
 
-__all__ = ["coarse_flow", "a_priori", "a_posteriori", "long_run", "evaluate", "parse_options", "add_arguments", "run"]
+__all__ = ["coarse_flow", "plugin_name", "a_priori", "a_posteriori", "long_run", "evaluate", "parse_options", "add_arguments", "run"]
 
 log = logging.getLogger(__name__)
 RESOLVED = "resolved"
@@ -81,7 +81,13 @@ def _setup(attrs: dict, device: str, dtype: str, resolved: bool = False):
     return flow_cfg, flow, dt
 
 
+def plugin_name(spec: str) -> str:
+    """The registry name of a ``NAME[@LABEL]`` closure spec (labels tell apart runs of one plug-in)."""
+    return spec.partition("@")[0]
+
+
 def _make(name: str, flow, options: dict):
+    name = plugin_name(name)
     return None if name in (RESOLVED, "none") else make_plugin(name, flow.grid, flow.equation, **options)
 
 
@@ -259,7 +265,7 @@ def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str],
     """Run both evaluations (and with ``long_steps`` the long run) for every plug-in; write JSON,
     markdown and figures under ``out``. ``merge`` lists earlier output folders on the same dataset whose
     plug-ins join the table first (in the order given): long evaluations can run apart and combine."""
-    unknown = [c for c in closures if c != RESOLVED and c not in available()]
+    unknown = [c for c in closures if c != RESOLVED and plugin_name(c) not in available()]
     if unknown:
         raise ValueError(f"unknown closure(s) {unknown}; choose from {available() + [RESOLVED]}")
     if long_steps < 0 or long_every < 1:
@@ -344,8 +350,10 @@ def _jsonable(post: PosterioriResult) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="FILE", help="closure-pair dataset (train_closure.py generate)")
-    parser.add_argument("--closure", nargs="*", default=None, metavar="NAME",
-                        help=f"plug-ins to compare, plus '{RESOLVED}' (coarse model with its own convection); "
+    parser.add_argument("--closure", nargs="*", default=None, metavar="NAME[@LABEL]",
+                        help=f"plug-ins to compare, plus '{RESOLVED}' (coarse model with its own convection); a label "
+                             "tells apart two runs of one plug-in (latent_cdm@multi, with --checkpoint "
+                             "latent_cdm@multi=FILE and --option latent_cdm@multi.KEY=VALUE); "
                              "default: none, or no new run when --merge is given")
     parser.add_argument("--merge", action="append", default=[], metavar="DIR",
                         help="also put the plug-ins of an earlier evaluation folder (same dataset) in the table and "

@@ -79,6 +79,15 @@ def test_closed_loop_resolved_beats_none_and_outputs_are_written(e1_data, tmp_pa
     assert (tmp_path / "evaluation.png").stat().st_size > 10_000
 
 
+def test_labelled_runs_of_one_plugin_sit_side_by_side(e1_data, tmp_path):
+    results = evaluate(e1_data, ["_test_coarse_convection", "_test_coarse_convection@again"], {}, tmp_path,
+                       device="cpu", dtype="float64", t_end=0.4)["closures"]
+    assert set(results) == {"_test_coarse_convection", "_test_coarse_convection@again"}
+    assert results["_test_coarse_convection@again"]["a_priori"] == results["_test_coarse_convection"]["a_priori"]
+    with pytest.raises(ValueError, match="unknown closure"):
+        evaluate(e1_data, ["nonexistent@x"], {}, tmp_path, device="cpu", dtype="float64")
+
+
 def test_cli_errors(e1_data, tmp_path, capsys):
     assert train_closure.main(["evaluate", "--data", str(e1_data), "--closure", "magic", "--out", str(tmp_path)]) == 2
     assert "unknown closure(s) ['magic']" in capsys.readouterr().err
