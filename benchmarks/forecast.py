@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from closure.evaluation import coarse_flow
+from closure.closed_loop import coarse_flow
 from latent.pod import fit_pod, gappy_reconstruct, posterior_ridge
 from reconstruction import SHIPPED, load_learned, load_model
 from solvers.diagnostics import rel_l2

@@ -18,14 +18,12 @@
 The pseudo-name ``resolved`` runs the coarse grid with its own resolved convection and no plug-in:
 for E1 ("missing physics") it is the physics baseline a learned closure is measured against.
 Writes ``<out>/evaluation.json``, ``<out>/table.md`` (a second table for the long run) and PNG figures
-(:mod:`closure.evaluation_report`).
+(:mod:`closure.evaluation_report`); the closed-loop runs themselves are :mod:`closure.closed_loop`.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,62 +31,16 @@ import torch
 import yaml
 
 from solvers import diagnostics
-from solvers.config import FlowConfig, build_dataclass
 from solvers.pairs import PairData, read_attrs, read_pairs
-from solvers.random import MemberRNG
-from solvers.rollout import BlowUpError, rollout
-from solvers.setup import build_flow
 
 from . import statistics
+from .closed_loop import RESOLVED, PosterioriResult, a_posteriori, long_run, make, plugin_name, setup_coarse
 from .evaluation_report import load_results, long_run_table, markdown_table, merge_results, write_report
-from .registry import available, make_plugin
+from .registry import available
 
-__all__ = ["coarse_flow", "plugin_name", "a_priori", "a_posteriori", "long_run", "evaluate", "parse_options", "add_arguments", "run"]
+__all__ = ["a_priori", "evaluate", "parse_options", "add_arguments", "run"]
 
 log = logging.getLogger(__name__)
-RESOLVED = "resolved"
-
-
-def coarse_flow(attrs: dict) -> tuple[FlowConfig, float]:
-    """The coarse model a closure completes, and its time step, from a pair file's attributes.
-
-    E1: the DNS physics on the coarse grid without convection and without noise (the closure target
-    holds both); E2: the DNS physics on the LES grid with the filtered forcing (the filtered DNS's, so
-    that the exact closure ``-Pi`` makes the LES exact, :mod:`solvers.filters`). The coarse step keeps
-    the DNS's CFL number.
-    """
-    cfg = yaml.safe_load(attrs["config"])
-    dns = build_dataclass(FlowConfig, cfg["dns"], "dns.")
-    n_coarse, n_fine = int(attrs["grid_n"]), int(attrs["fine_n"])
-    kind = attrs.get("kind", cfg.get("kind"))
-    forcing = dns.forcing
-    if kind != "e1":
-        coarse = cfg.get("coarse") or {}
-        forcing = replace(forcing, filter=coarse.get("method", "gaussian"), filter_width=coarse.get("width"))
-    flow = replace(dns, n=n_coarse, noise=None, convection=(kind != "e1"), forcing=forcing,
-                   name=f"{dns.name}_coarse{n_coarse}")
-    dt = float(attrs["dt"])
-    return flow, dt if kind == "e1" else dt * n_fine / n_coarse
-
-
-def _setup(attrs: dict, device: str, dtype: str, resolved: bool = False):
-    """The coarse flow (with its own convection for ``resolved``), built once; the init is a placeholder."""
-    flow_cfg, dt = coarse_flow(attrs)
-    if resolved:
-        flow_cfg = replace(flow_cfg, convection=True)
-    flow = build_flow(replace(flow_cfg, init=replace(flow_cfg.init, kind="taylor_green", params={})),
-                      1, device, dtype)
-    return flow_cfg, flow, dt
-
-
-def plugin_name(spec: str) -> str:
-    """The registry name of a ``NAME[@LABEL]`` closure spec (labels tell apart runs of one plug-in)."""
-    return spec.partition("@")[0]
-
-
-def _make(name: str, flow, options: dict):
-    name = plugin_name(name)
-    return None if name in (RESOLVED, "none") else make_plugin(name, flow.grid, flow.equation, **options)
 
 
 @torch.no_grad()
@@ -107,132 +59,6 @@ def a_priori(plugin, data: PairData, flow, batch: int = 64) -> dict[str, float]:
     target = data.target.double().cpu()
     return {"mse": float(((pred - target) ** 2).mean()), "rel_l2": float(diagnostics.rel_l2(pred, target)),
             "corr": diagnostics.correlation(pred, target)}
-
-
-class _Timed:
-    """Wraps a plug-in and accumulates the wall time of its calls."""
-
-    def __init__(self, plugin):
-        self.plugin, self.kind, self.seconds, self.calls = plugin, plugin.kind, 0.0, 0
-
-    def __call__(self, state):
-        self.calls += 1
-        start = time.perf_counter()
-        out = self.plugin(state)
-        if state.w.is_cuda:
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - start
-        return out
-
-
-@dataclass
-class PosterioriResult:
-    times: np.ndarray  # (rtime,)
-    rel_l2: np.ndarray  # (rtime,) member-mean rel_l2, averaged over test trajectories
-    ens_mean_rel_l2: np.ndarray
-    spread: np.ndarray
-    enstrophy: np.ndarray  # (rtime,) model (member and trajectory mean)
-    enstrophy_ref: np.ndarray
-    spectrum: np.ndarray  # (k,) at the last time, model
-    spectrum_ref: np.ndarray
-    wall_s: float
-    plugin_s: float
-    blew_up: bool
-    calls: int = 0  # plug-in calls, all trajectories
-    members: int = 1
-    ens_mean_rmse: np.ndarray | None = None  # (rtime,) absolute RMS error of the ensemble mean (spread-skill)
-
-
-def a_posteriori(name: str, options: dict, attrs: dict, reference: np.ndarray, ref_times: np.ndarray,
-                 ensemble: int, every: int | None, device: str, dtype: str, seed: int) -> PosterioriResult:
-    """Closed-loop rollouts from ``reference[:, 0]`` (``(traj, rtime, x, y)``) over the reference window."""
-    flow_cfg, flow, dt = _setup(attrs, device, dtype, resolved=name == RESOLVED)
-    grid, eq = flow.grid, flow.equation
-    plugin = _make(name, flow, options)
-    members = ensemble if getattr(plugin, "stochastic", False) else 1
-    every = every or (plugin.default_every if plugin is not None else 1)
-    interval = float(ref_times[1] - ref_times[0])
-    steps_per = max(1, round(interval / dt))
-    sums = {k: np.zeros(len(ref_times)) for k in ("rel_l2", "ens", "rmse", "spread", "z", "zref")}
-    spec = spec_ref = 0.0
-    wall = plug = 0.0
-    calls = 0
-    blew_up = False
-    for traj in range(reference.shape[0]):
-        truth = torch.as_tensor(reference[traj]).to(grid.device, grid.dtype)  # (rtime, x, y)
-        w = truth[0].expand(members, -1, -1).clone()
-        timed = _Timed(plugin) if plugin is not None else None
-        gen = MemberRNG(seed + traj, members, device=grid.device)  # each member its own stream
-        start = time.perf_counter()
-        for i in range(len(ref_times)):
-            if i > 0 and not blew_up:
-                try:
-                    w = rollout(w, eq, dt, steps_per, stepper=flow_cfg.stepper, plugin=timed, every=every,
-                                generator=gen, t0=float(ref_times[i - 1]), check_every=steps_per).w
-                except Exception as err:  # BlowUpError or a plug-in failure: record and stop this run
-                    log.warning("%s blew up on test trajectory %d at t=%.3g: %s", name, traj, ref_times[i], err)
-                    blew_up = True
-            if blew_up:
-                w = torch.full_like(w, float("nan"))
-            sums["rel_l2"][i] += float(diagnostics.rel_l2(w, truth[i].expand_as(w)))
-            sums["ens"][i] += float(diagnostics.ens_mean_rel_l2(w, truth[i]))
-            sums["rmse"][i] += float(torch.sqrt(((w.mean(0) - truth[i]) ** 2).mean()))
-            sums["spread"][i] += float(diagnostics.spread(w))
-            sums["z"][i] += float(diagnostics.enstrophy(w, grid).mean())
-            sums["zref"][i] += float(diagnostics.enstrophy(truth[i], grid))
-        wall += time.perf_counter() - start
-        plug += timed.seconds if timed is not None else 0.0
-        calls += timed.calls if timed is not None else 0
-        spec = spec + diagnostics.energy_spectrum(w, grid)[1].mean(0).double().cpu().numpy()
-        spec_ref = spec_ref + diagnostics.energy_spectrum(truth[-1:], grid)[1][0].double().cpu().numpy()
-    n = reference.shape[0]
-    return PosterioriResult(ref_times, sums["rel_l2"] / n, sums["ens"] / n, sums["spread"] / n, sums["z"] / n,
-                            sums["zref"] / n, spec / n, spec_ref / n, wall, plug, blew_up, calls, members,
-                            sums["rmse"] / n)
-
-
-def long_run(name: str, options: dict, attrs: dict, w0: np.ndarray, steps: int, every: int | None, device: str,
-             dtype: str, seed: int, members: int, sample_every: int, t0: float = 0.0) -> dict:
-    """A long closed-loop run from ``w0`` ``(traj, x, y)``: flow statistics after a 10 % spin-up, blow-up, cost.
-
-    Stochastic plug-ins run ``members`` members per start state, each with its own random stream. The
-    run advances in chunks of ``sample_every`` steps (rounded up to a multiple of the plug-in period);
-    each chunk's end state after the spin-up is a snapshot, reduced at once by
-    :func:`closure.statistics.run_statistics`. A non-finite state (BlowUpError) stops the run. Returns
-    ``stats`` (``FlowStatistics`` or ``None``), ``steps``, ``steps_run``, ``blew_up``, ``blow_up_t``,
-    ``snapshots``, ``members``, ``wall_s``, ``plugin_s``.
-    """
-    flow_cfg, flow, dt = _setup(attrs, device, dtype, resolved=name == RESOLVED)
-    plugin = _make(name, flow, options)
-    members = members if getattr(plugin, "stochastic", False) else 1
-    every = every or (plugin.default_every if plugin is not None else 1)
-    chunk = every * -(-sample_every // every)
-    w = torch.as_tensor(w0).to(flow.grid.device, flow.grid.dtype).repeat_interleave(members, 0)
-    gen = MemberRNG(seed, w.shape[0], device=flow.grid.device)
-    timed = _Timed(plugin) if plugin is not None else None
-    info = {"steps": steps, "steps_run": 0, "blew_up": False, "blow_up_t": None, "snapshots": 0, "members": members}
-
-    def snapshots():
-        nonlocal w
-        while info["steps_run"] < steps:
-            done, n = info["steps_run"], min(chunk, steps - info["steps_run"])
-            try:
-                w = rollout(w, flow.equation, dt, n, stepper=flow_cfg.stepper, plugin=timed, every=every,
-                            generator=gen, t0=t0 + done * dt, check_every=min(n, 100)).w
-            except BlowUpError as err:
-                log.warning("%s blew up in the long run: %s", name, err)
-                info.update(blew_up=True, blow_up_t=t0 + (done + err.result.steps) * dt,
-                            steps_run=round((err.last_good_t - t0) / dt))
-                return
-            info["steps_run"] = done + n
-            if info["steps_run"] > steps // 10:
-                info["snapshots"] += 1
-                yield w
-
-    start = time.perf_counter()
-    info["stats"] = statistics.run_statistics(snapshots(), flow.grid)
-    info.update(wall_s=time.perf_counter() - start, plugin_s=timed.seconds if timed is not None else 0.0)
-    return info
 
 
 def _parse_checkpoints(items: list[str]) -> dict[str, str]:
@@ -278,7 +104,7 @@ def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str],
         if keep.sum() < 2:
             raise ValueError(f"--t-end {t_end} leaves fewer than 2 reference times (window {ref_times[0]}..{ref_times[-1]})")
         reference, ref_times = reference[:, keep], ref_times[keep]
-    _, flow, _ = _setup(attrs, device, dtype)
+    _, flow, _ = setup_coarse(attrs, device, dtype)
     results = {"data": str(data), "kind": attrs.get("kind"), "grid_n": int(attrs["grid_n"]), "closures": {}}
     if long_steps:
         ref_stats, long_stats = _dns_statistics(data, flow.grid), {}
@@ -286,7 +112,7 @@ def evaluate(data: str | Path, closures: list[str], checkpoints: dict[str, str],
     for name in closures:
         options = {**({"checkpoint": checkpoints[name]} if name in checkpoints else {}), **(options or {}).get(name, {})}
         log.info("evaluating %s", name)
-        prior = a_priori(_make(name, flow, options), test, flow) if name != RESOLVED else None
+        prior = a_priori(make(name, flow, options), test, flow) if name != RESOLVED else None
         post = a_posteriori(name, options, attrs, reference, ref_times, ensemble, every, device, dtype, seed)
         results["closures"][name] = {"a_priori": prior, "a_posteriori": _jsonable(post)}
         if long_steps:

@@ -111,7 +111,7 @@ def test_spinup_runs_a_data_configs_dns(data, tmp_path):
 
 def test_cdm_components_measure_each_part_of_a_latent_closure(data, tmp_path, capsys):
     import closure
-    from closure.evaluation import _setup
+    from closure.closed_loop import setup_coarse as _setup
     from solvers.pairs import read_attrs
 
     cdm_components = benchmark("cdm_components")

@@ -112,7 +112,7 @@ def test_e2_les_model_plus_stored_target_is_the_filtered_dns_tendency(tmp_path):
     the filtered forcing) plus the stored target has the filtered DNS's tendency at every record."""
     from dataclasses import replace
 
-    from closure.evaluation import coarse_flow
+    from closure.closed_loop import coarse_flow
     from solvers.config import FlowConfig, build_dataclass
     from solvers.setup import build_flow
 

@@ -8,7 +8,8 @@ import yaml
 
 import train_closure
 from closure import Plugin, register
-from closure.evaluation import a_priori, coarse_flow, evaluate
+from closure.closed_loop import coarse_flow
+from closure.evaluation import a_priori, evaluate
 from solvers.data_config import load_data_config
 from solvers.datagen import generate
 from solvers.pairs import read_attrs, read_pairs
@@ -49,7 +50,7 @@ def test_coarse_flow_is_e1_model_without_convection(e1_data):
 
 
 def test_a_priori_metrics(e1_data):
-    from closure.evaluation import _setup
+    from closure.closed_loop import setup_coarse as _setup
 
     attrs = read_attrs(e1_data)
     _, flow, _ = _setup(attrs, "cpu", "float64")
