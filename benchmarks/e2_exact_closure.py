@@ -8,12 +8,13 @@ steps it together with LES runs on each ``--grids`` size started from the filter
 coarse-graining), every LES variant the same flow with the LES time step ``dt_dns n_dns / n_les`` of
 :func:`closure.evaluation.coarse_flow`:
 
-- ``none``: no closure (filtered forcing);
-- ``exact``: ``-Pi`` (:func:`solvers.filters.les_closure_term`) of the running DNS at every LES step, the filtered
-  forcing: the closure every learned model is trained to reproduce. Its error is the LES time discretisation
-  alone: the floor no closure can beat;
+- ``none``: no closure (the filtered forcing and the data's LES dealiasing, ``coarse.dealias``);
+- ``exact``: ``-Pi`` (:func:`solvers.filters.les_closure_term`) of the running DNS at every LES step: the closure
+  every learned model is trained to reproduce. Its error is the LES time discretisation alone: the floor no
+  closure can beat;
 - ``exact, every 5``: the same term held for 5 LES steps (the learned plug-ins' default period);
-- ``dealiased -Pi`` and ``dealiased -Pi, unfiltered f``: the layout-1 closure term (its part above the LES's 2/3
+- ``2/3 LES: none`` and ``2/3 LES: exact``: the same with the 2/3 rule in the LES (the layout-2 default);
+- ``2/3 LES: dealiased -Pi`` and ``..., unfiltered f``: the layout-1 closure term (its part above the LES's 2/3
   cutoff removed), with the filtered and the unfiltered forcing: what the E2 data and LES held before.
 
 Prints (and writes to ``results/e2_exact_closure.{json,md,png}``) the member-mean rel_l2 against the filtered
@@ -37,7 +38,11 @@ from solvers.rollout import rollout
 from solvers.setup import build_flow
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = ("none", "exact", "exact, every 5", "dealiased -Pi", "dealiased -Pi, unfiltered f")
+# name: (LES dealiasing: the data's or the 2/3 rule, filtered forcing, closure)
+VARIANTS = {"none": ("data", True, "none"), "exact": ("data", True, "exact"), "exact, every 5": ("data", True, "held"),
+            "2/3 LES: none": ("2/3", True, "none"), "2/3 LES: exact": ("2/3", True, "exact"),
+            "2/3 LES: dealiased -Pi": ("2/3", True, "masked"),
+            "2/3 LES: dealiased -Pi, unfiltered f": ("2/3", False, "masked")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,10 +71,6 @@ class _Tendency:
         return self.value
 
 
-def _dealiased(field: torch.Tensor, grid) -> torch.Tensor:
-    return grid.irfft(grid.rfft(field) * grid.dealias)
-
-
 def run(cfg, grids: list[int], members: int, start: float, times: list[float]) -> dict:
     """rel_l2 ``{grid: {variant: (len(times),)}}`` of the LES variants against the filtered DNS."""
     dns = build_flow(cfg.dns, ensemble=members, dtype="float64", seed=cfg.seed)
@@ -82,10 +83,12 @@ def run(cfg, grids: list[int], members: int, start: float, times: list[float]) -
         if cfg.dns.n % n:
             raise ValueError(f"LES grid {n} must divide the DNS grid {cfg.dns.n}")
         ratio[n] = cfg.dns.n // n
-        filtered = replace(cfg.dns.forcing, filter=method, filter_width=width)
-        flow = replace(cfg.dns, n=n, forcing=filtered, init=replace(cfg.dns.init, kind="taylor_green", params={}))
-        les[n] = {"filtered": build_flow(flow, 1, dtype="float64").equation,
-                  "unfiltered": build_flow(replace(flow, forcing=cfg.dns.forcing), 1, dtype="float64").equation}
+        base = replace(cfg.dns, n=n, init=replace(cfg.dns.init, kind="taylor_green", params={}))
+        les[n] = {}
+        for v, (dealias, filtered, _) in VARIANTS.items():
+            forcing = replace(cfg.dns.forcing, filter=method, filter_width=width) if filtered else cfg.dns.forcing
+            mode = cfg.coarse.dealias if dealias == "data" else dealias
+            les[n][v] = build_flow(replace(base, forcing=forcing, dealias=mode), 1, dtype="float64").equation
         w_bar = coarse_grain(w, n, method, width, length=length)
         state[n] = {v: w_bar.clone() for v in VARIANTS}
     unit = int(np.lcm.reduce(list(ratio.values())))  # report where every LES has reached the DNS's time
@@ -97,15 +100,16 @@ def run(cfg, grids: list[int], members: int, start: float, times: list[float]) -
             if step % ratio[n]:
                 continue
             les_step, dt = step // ratio[n], dns.dt * ratio[n]
-            eq, grid = les[n]["filtered"], les[n]["filtered"].grid
-            closure = -les_closure_term(w, n, method, width, length=length)
+            data_pi = -les_closure_term(w, n, method, width, length=length, dealias=cfg.coarse.dealias)
+            two_thirds = -les_closure_term(w, n, method, width, length=length, dealias="2/3")
             if les_step % 5 == 0:
-                held[n] = closure
-            tendencies = {"none": None, "exact": closure, "exact, every 5": held[n],
-                          "dealiased -Pi": _dealiased(closure, grid), "dealiased -Pi, unfiltered f": _dealiased(closure, grid)}
-            for v, tendency in tendencies.items():
-                equation = les[n]["unfiltered" if "unfiltered" in v else "filtered"]
-                state[n][v] = rollout(state[n][v], equation, dt, 1, stepper=cfg.dns.stepper, plugin=_Tendency(tendency),
+                held[n] = data_pi
+            for v, (dealias, _, kind) in VARIANTS.items():
+                grid = les[n][v].grid
+                exact = data_pi if dealias == "data" else two_thirds
+                tendency = {"none": None, "exact": exact, "held": held[n],
+                            "masked": grid.irfft(grid.rfft(two_thirds) * grid.dealias)}[kind]
+                state[n][v] = rollout(state[n][v], les[n][v], dt, 1, stepper=cfg.dns.stepper, plugin=_Tendency(tendency),
                                       check_every=10 ** 9).w
         w = rollout(w, dns.equation, dns.dt, 1, stepper=cfg.dns.stepper, check_every=10 ** 9).w
         if step + 1 in marks:

@@ -38,19 +38,20 @@ def coarse_flow(attrs: dict) -> tuple[FlowConfig, float]:
     """The coarse model a closure completes, and its time step, from a pair file's attributes.
 
     E1: the DNS physics on the coarse grid without convection and without noise (the closure target
-    holds both); E2: the DNS physics on the LES grid with the filtered forcing (the filtered DNS's, so
-    that the exact closure ``-Pi`` makes the LES exact, :mod:`solvers.filters`). The coarse step keeps
-    the DNS's CFL number.
+    holds both); E2: the DNS physics on the LES grid with the filtered forcing and the data's LES
+    dealiasing (``coarse.dealias``), so that the exact closure ``-Pi`` makes the LES exact
+    (:mod:`solvers.filters`). The coarse step keeps the DNS's CFL number.
     """
     cfg = yaml.safe_load(attrs["config"])
     dns = build_dataclass(FlowConfig, cfg["dns"], "dns.")
     n_coarse, n_fine = int(attrs["grid_n"]), int(attrs["fine_n"])
     kind = attrs.get("kind", cfg.get("kind"))
-    forcing = dns.forcing
+    forcing, dealias = dns.forcing, dns.dealias
     if kind != "e1":
         coarse = cfg.get("coarse") or {}
         forcing = replace(forcing, filter=coarse.get("method", "gaussian"), filter_width=coarse.get("width"))
-    flow = replace(dns, n=n_coarse, noise=None, convection=(kind != "e1"), forcing=forcing,
+        dealias = coarse.get("dealias", True)
+    flow = replace(dns, n=n_coarse, noise=None, convection=(kind != "e1"), forcing=forcing, dealias=dealias,
                    name=f"{dns.name}_coarse{n_coarse}")
     dt = float(attrs["dt"])
     return flow, dt if kind == "e1" else dt * n_fine / n_coarse

@@ -66,6 +66,7 @@ def flow_fingerprint(attrs: Mapping[str, Any]) -> dict[str, Any]:
         # the LES of E2 data forces with the filtered forcing (solvers.filters, module doc)
         fingerprint["forcing"] = {**fingerprint["forcing"], "filter": coarse.get("method", "gaussian"),
                                   "filter_width": coarse.get("width")}
+        fingerprint["dealias"] = coarse.get("dealias", True)  # the LES's, which -Pi completes
     return fingerprint
 
 
@@ -160,6 +161,7 @@ class Checkpoint:
     def check_solver(self, grid, equation) -> None:
         """Refuse a solver whose grid, viscosity, drag, forcing or convection differ from the training flow."""
         from solvers.forcing import make_forcing
+        from solvers.spectral import dealias_mode
 
         self.check_grid(grid.n, grid.length)
         self.check_flow({"nu": equation.nu, "drag": equation.drag})
@@ -175,6 +177,11 @@ class Checkpoint:
             if gap > 1e-5 * max(1.0, float(expected.abs().max())):
                 raise ValueError(f"checkpoint {self.path} was trained with forcing {dict(forcing)}, but the solver's "
                                  f"forcing differs (max difference {gap:.3g}); set flow.forcing to the training flow's")
+        if "dealias" in self.flow and hasattr(equation, "dealias") and \
+                dealias_mode(self.flow["dealias"]) != dealias_mode(equation.dealias):
+            raise ValueError(f"checkpoint {self.path} completes an LES with {dealias_mode(self.flow['dealias'])} "
+                             f"dealiasing, the solver uses {dealias_mode(equation.dealias)}; set flow.dealias to "
+                             f"{self.flow['dealias']!r}")
         kind, convection = self.flow.get("kind"), getattr(equation, "convection", None)
         if kind == "e1" and convection:
             raise ValueError(f"checkpoint {self.path} was trained on E1 pairs whose target is the whole convection "

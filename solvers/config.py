@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .filters import FILTERS
+from .spectral import DEALIASING
 from .grid import parse_length
 from .observation import NOISE_KINDS
 from .stepping import STEPPERS
@@ -105,7 +106,7 @@ class FlowConfig:
     cfl: float = 0.5
     max_velocity: float | None = None
     stepper: str = "cn_rk4"
-    dealias: bool = True
+    dealias: bool | str = True
     convection: bool = True
     coarse_grain: str = "gaussian"
 
@@ -118,6 +119,8 @@ class FlowConfig:
         check(self.dt is None or self.dt > 0, f"flow.dt must be positive or null (CFL), got {self.dt}")
         check(self.cfl > 0, f"flow.cfl must be positive, got {self.cfl}")
         check(self.stepper in STEPPERS, f"unknown flow.stepper {self.stepper!r}; choose one of {sorted(STEPPERS)}")
+        check(self.dealias in (True, False) or self.dealias in DEALIASING,
+              f"unknown flow.dealias {self.dealias!r}; use true (2/3 rule), false, or one of {list(DEALIASING)}")
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if float in options and str in options:  # a length: number or "2pi"
             parse_length(value)
             return value if isinstance(value, str) else float(value)
+        if bool in options and str in options:  # a switch with named modes (the dataclass checks the name)
+            check(isinstance(value, (bool, str)), f"config key {key!r} must be true, false or a name, got {value!r}")
+            return value
         hint = options[0]
     check(value is not None, f"config key {key!r} cannot be null")
     if dataclasses.is_dataclass(hint):

@@ -26,13 +26,18 @@ METHODS = ("subsample",) + tuple(f for f in FILTERS if f != "none")
 
 @dataclass(frozen=True)
 class CoarseConfig:
-    """Closure grid: ``n`` points a side; ``subsample`` (E1) or a filter of ``width`` (default 2L/n) + truncation."""
+    """Closure grid: ``n`` points a side; ``subsample`` (E1) or a filter of ``width`` (default 2L/n) + truncation.
+    ``dealias``: the E2 LES's convection dealiasing (``true`` = 2/3 rule, ``"3/2"``: every mode to the
+    Nyquist), which the closure term completes (:func:`solvers.filters.les_closure_term`)."""
 
     n: int = 64
     method: str = "subsample"
     width: float | None = None
+    dealias: bool | str = True
 
     def __post_init__(self) -> None:
+        check(self.dealias is True or self.dealias in ("2/3", "3/2"),
+              f"coarse.dealias must be true (2/3 rule), '2/3' or '3/2', got {self.dealias!r}")
         check(self.method in METHODS, f"unknown coarse.method {self.method!r}; choose one of {list(METHODS)}")
         check(self.n >= 4 and self.n % 2 == 0, f"coarse.n must be an even integer >= 4, got {self.n}")
         check(self.width is None or self.width > 0, f"coarse.width must be positive or null, got {self.width}")

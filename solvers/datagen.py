@@ -84,7 +84,7 @@ class Plan:
         c = self.cfg.coarse
         if c.method == "subsample":
             return e1_closure_target(w, self.cfg.dns.n // c.n, self.flow.equation)
-        return -les_closure_term(w, c.n, c.method, c.width, length=self.flow.grid.length)
+        return -les_closure_term(w, c.n, c.method, c.width, length=self.flow.grid.length, dealias=c.dealias)
 
 
 def _window(window: WindowConfig, dt: float, closed: bool) -> tuple[np.ndarray, dict[int, int]]:

@@ -79,6 +79,8 @@ def uses_fftw(equation, w_hat: torch.Tensor, extra_hat: torch.Tensor | None = No
         set_backend(backend)  # raises, naming the bad NS_FFT_BACKEND value
     if backend == "torch" or not _AVAILABLE or not equation.convection or grid.device.type != "cpu":
         return False
+    if getattr(equation, "dealias", "2/3") == "3/2":  # the padded product has no fast path
+        return False
     grad = torch.is_grad_enabled()
     for t in (w_hat, extra_hat):
         if t is not None and (t.device.type != "cpu" or t.dtype != grid.complex_dtype or (grad and t.requires_grad)):

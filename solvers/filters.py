@@ -16,7 +16,8 @@ Exact closure terms and their sign:
 - E1: ``H = -u . grad w + sigma dW/dt`` on the fine grid, subsampled; :func:`e1_closure_target` gives
   the deterministic part, the data generator adds the noise part.
 - E2: ``Pi = filter(u . grad w) - u_bar . grad w_bar`` on the coarse grid, ``u_bar . grad w_bar``
-  dealiased as the LES does it and ``Pi`` not dealiased. The filtered DNS obeys
+  dealiased as the LES does it (the E2 presets: the 3/2 rule, every mode to the Nyquist) and ``Pi``
+  not masked. The filtered DNS obeys
   ``d w_bar/dt = -u_bar . grad w_bar + nu lap w_bar - drag w_bar + f_bar - Pi``, so the exact tendency
   correction a closure plug-in should return is ``-Pi``, and the LES forces with the filtered
   ``f_bar`` (``flow.forcing.filter``): then LES + exact closure has the filtered DNS's tendency to
@@ -95,30 +96,6 @@ def _check_even(n: int, name: str) -> None:
         raise ValueError(f"{name} must be an even integer >= 2, got {n!r}")
 
 
-def _truncate_hat(w_hat: torch.Tensor, n_coarse: int) -> torch.Tensor:
-    """Keep integer modes ``|k_i| < n_coarse / 2``; coarse Nyquist row and column are zero."""
-    h = n_coarse // 2
-    out = w_hat.new_zeros(*w_hat.shape[:-2], n_coarse, h + 1)
-    out[..., :h, :h] = w_hat[..., :h, :h]
-    out[..., h + 1:, :h] = w_hat[..., w_hat.shape[-2] - h + 1:, :h]
-    return out
-
-
-def _pad_hat(w_hat: torch.Tensor, n_fine: int) -> torch.Tensor:
-    """Zero-pad ``(..., n, n//2+1)`` to ``(..., n_fine, n_fine//2+1)``; the Nyquist modes are split
-    evenly between ``+n/2`` and ``-n/2`` so the fine field still interpolates the coarse samples."""
-    n, h = w_hat.shape[-2], w_hat.shape[-2] // 2
-    rows = w_hat.new_zeros(*w_hat.shape[:-2], n_fine, h + 1)
-    rows[..., :h, :] = w_hat[..., :h, :]
-    rows[..., n_fine - h + 1:, :] = w_hat[..., h + 1:, :]
-    rows[..., h, :] = 0.5 * w_hat[..., h, :]
-    rows[..., n_fine - h, :] = 0.5 * w_hat[..., h, :]
-    out = w_hat.new_zeros(*w_hat.shape[:-2], n_fine, n_fine // 2 + 1)
-    out[..., :h] = rows[..., :h]
-    out[..., h] = 0.5 * rows[..., h]
-    return out
-
-
 def truncate(w_hat_or_w: torch.Tensor, n_coarse: int) -> torch.Tensor:
     """Spectral truncation fine -> coarse: drop modes ``|k_i| >= n_coarse / 2`` (Nyquist zeroed).
 
@@ -131,9 +108,9 @@ def truncate(w_hat_or_w: torch.Tensor, n_coarse: int) -> torch.Tensor:
     if n_coarse > n:
         raise ValueError(f"cannot truncate a {n}^2 field to a finer {n_coarse}^2 grid; use spectral_interpolate")
     if not spectral_in:
-        w_hat = _truncate_hat(torch.fft.rfft2(w_hat_or_w, norm="forward"), n_coarse)
+        w_hat = spectral.truncate_hat(torch.fft.rfft2(w_hat_or_w, norm="forward"), n_coarse)
         return torch.fft.irfft2(w_hat, s=(n_coarse, n_coarse), norm="forward")
-    return _truncate_hat(w_hat_or_w, n_coarse)
+    return spectral.truncate_hat(w_hat_or_w, n_coarse)
 
 
 def spectral_interpolate(w: torch.Tensor, n_fine: int) -> torch.Tensor:
@@ -148,7 +125,7 @@ def spectral_interpolate(w: torch.Tensor, n_fine: int) -> torch.Tensor:
         raise ValueError(f"cannot interpolate a {n}^2 field to a coarser {n_fine}^2 grid; use truncate or coarse_grain")
     if n_fine == n:
         return w.clone()
-    w_hat = _pad_hat(torch.fft.rfft2(w, norm="forward"), n_fine)
+    w_hat = spectral.pad_hat(torch.fft.rfft2(w, norm="forward"), n_fine)
     return torch.fft.irfft2(w_hat, s=(n_fine, n_fine), norm="forward")
 
 
@@ -198,15 +175,17 @@ def e1_closure_target(w_fine: torch.Tensor, stride: int, equation_fine) -> torch
 
 
 def les_closure_term(w_fine: torch.Tensor, n_coarse: int, filter: str = "gaussian", width: float | None = None,
-                     *, length: float | None = None, dealias: bool = True) -> torch.Tensor:
+                     *, length: float | None = None, dealias: bool | str = True) -> torch.Tensor:
     """E2's ``Pi = filter(u . grad w) - u_bar . grad w_bar`` on the coarse grid, ``(..., n_c, n_c)``.
 
     ``u . grad w`` is dealiased on the fine grid, filtered and truncated to the coarse grid;
-    ``w_bar = coarse_grain(w)`` and its advection are computed as the LES computes them (2/3-rule
-    dealiased when ``dealias``, the LES's ``flow.dealias``). ``Pi`` itself is *not* dealiased: on the
-    band between the LES's 2/3 cutoff and its Nyquist the LES has no convection at all, and ``Pi`` holds
-    the whole filtered transfer there. So an LES step with the closure ``-Pi`` and the filtered forcing
-    (``forcing.filter``) has exactly the filtered DNS's tendency. A closure should return ``-Pi``.
+    ``w_bar = coarse_grain(w)`` and its advection are computed as the LES computes them, dealiased by
+    ``dealias`` (the LES's ``flow.dealias``: ``True`` / ``"2/3"``, ``"3/2"``, see
+    :func:`solvers.spectral.advection`). ``Pi`` itself is not masked, so an LES step with the closure
+    ``-Pi`` and the filtered forcing (``forcing.filter``) has exactly the filtered DNS's tendency. With
+    the 2/3 rule the LES has no convection at all between its 2/3 cutoff and its Nyquist and ``Pi``
+    holds the whole filtered transfer there; with the 3/2 rule the LES computes the resolved modes'
+    product on every mode and ``Pi`` is the subgrid term alone. A closure should return ``-Pi``.
     ``width`` defaults to ``2 L / n_coarse``; an explicit ``width`` needs ``length`` (= L).
     """
     width, length = _resolve_width(width, n_coarse, length)
@@ -215,6 +194,6 @@ def les_closure_term(w_fine: torch.Tensor, n_coarse: int, filter: str = "gaussia
     coarse = fine.with_size(n_coarse)
     transfer = make_filter(filter, fine, width)
     w_hat = fine.rfft(w_fine)
-    filtered_adv_hat = _truncate_hat(spectral.advection(w_hat, fine) * transfer, n_coarse)
+    filtered_adv_hat = spectral.truncate_hat(spectral.advection(w_hat, fine) * transfer, n_coarse)
     w_bar_hat = truncate(w_hat * transfer, n_coarse)
     return coarse.irfft(filtered_adv_hat - spectral.advection(w_bar_hat, coarse, dealias=dealias))

@@ -25,7 +25,8 @@ class NavierStokes2D:
         nu: kinematic viscosity (a number; :meth:`set_viscosity` also takes one per member).
         drag: linear (Rayleigh) drag coefficient ``alpha`` in ``- alpha w``.
         forcing: deterministic vorticity forcing, real ``(n, n)`` (or ``None``).
-        dealias: apply the 2/3 rule to the convection term.
+        dealias: the convection term's dealiasing: ``True`` / ``"2/3"`` (the 2/3 rule), ``"3/2"`` (padded
+            product, every mode to the Nyquist kept: an LES's full resolution), ``False`` / ``"none"``.
         convection: include ``-u . grad w``; ``False`` gives E1's coarse model whose convection
             is supplied entirely by a closure.
     """
@@ -36,15 +37,15 @@ class NavierStokes2D:
         nu: float,
         drag: float = 0.0,
         forcing: torch.Tensor | None = None,
-        dealias: bool = True,
+        dealias: bool | str = True,
         convection: bool = True,
     ) -> None:
         if drag < 0:
             raise ValueError(f"drag must be >= 0, got drag={drag}")
         self.grid, self.drag, self.version = grid, float(drag), 0
         self.set_viscosity(nu)
-        self.dealias, self.convection = dealias, convection
-        mask = grid.dealias if dealias else torch.ones_like(grid.dealias)
+        self.dealias, self.convection = spectral.dealias_mode(dealias), convection
+        mask = grid.dealias if self.dealias == "2/3" else torch.ones_like(grid.dealias)
         psi = -spectral.inverse_laplacian(grid)  # psi_hat = w_hat * psi
         ones = torch.ones_like(grid.k2)
         # w_hat -> (w, u, v) in one batched inverse transform; inputs masked for exact dealiasing.
@@ -78,6 +79,8 @@ class NavierStokes2D:
 
     def advection(self, w_hat: torch.Tensor) -> torch.Tensor:
         """``u . grad w`` in Fourier space for ``w_hat`` ``(..., n, n//2+1)``."""
+        if self.dealias == "3/2":
+            return spectral.advection(w_hat, self.grid, "3/2")
         fields = self.grid.irfft(w_hat.unsqueeze(-3) * self._to_fields)  # (..., 3, n, n): w, u, v
         flux_hat = self.grid.rfft(fields[..., 1:, :, :] * fields[..., :1, :, :])  # (uw, vw)
         return (flux_hat * self._divergence).sum(dim=-3)

@@ -17,7 +17,24 @@ __all__ = [
     "gradient_hat",
     "laplacian_hat",
     "advection",
+    "DEALIASING",
+    "dealias_mode",
+    "truncate_hat",
+    "pad_hat",
 ]
+
+# Convection-term dealiasing: "2/3" (Orszag's 2/3 rule: inputs and output masked to |k_i| < n/3),
+# "3/2" (Orszag's 3/2 rule: the product on a grid padded to 3n/2, every mode up to the Nyquist kept,
+# alias-free), "none" (the plain pseudo-spectral product, aliased).
+DEALIASING = ("2/3", "3/2", "none")
+
+
+def dealias_mode(dealias: bool | str) -> str:
+    """``True`` -> ``"2/3"``, ``False`` -> ``"none"``, or one of :data:`DEALIASING`."""
+    mode = {True: "2/3", False: "none"}.get(dealias, dealias) if isinstance(dealias, bool) else dealias
+    if mode not in DEALIASING:
+        raise ValueError(f"unknown dealiasing {dealias!r}; use true (2/3 rule), false, or one of {list(DEALIASING)}")
+    return mode
 
 
 def inverse_laplacian(grid: Grid) -> torch.Tensor:
@@ -56,12 +73,49 @@ def laplacian_hat(f_hat: torch.Tensor, grid: Grid) -> torch.Tensor:
     return -grid.k2 * f_hat
 
 
-def advection(w_hat: torch.Tensor, grid: Grid, dealias: bool = True) -> torch.Tensor:
-    """The convection term ``u . grad w`` in Fourier space, 2/3-dealiased when ``dealias``.
+def truncate_hat(w_hat: torch.Tensor, n_coarse: int) -> torch.Tensor:
+    """Keep integer modes ``|k_i| < n_coarse / 2`` of ``(..., n, n//2+1)``; the coarse Nyquist row and
+    column are zero. Coefficients are forward-normalised, so no rescaling."""
+    h = n_coarse // 2
+    out = w_hat.new_zeros(*w_hat.shape[:-2], n_coarse, h + 1)
+    out[..., :h, :h] = w_hat[..., :h, :h]
+    out[..., h + 1:, :h] = w_hat[..., w_hat.shape[-2] - h + 1:, :h]
+    return out
 
-    Computed in divergence form ``div(u w)`` (equal for divergence-free ``u``); inputs and output
-    are masked so the product is the exact Galerkin truncation (no aliasing).
+
+def pad_hat(w_hat: torch.Tensor, n_fine: int) -> torch.Tensor:
+    """Zero-pad ``(..., n, n//2+1)`` to ``(..., n_fine, n_fine//2+1)``; the Nyquist modes are split
+    evenly between ``+n/2`` and ``-n/2`` so the fine field still interpolates the coarse samples."""
+    h = w_hat.shape[-2] // 2
+    rows = w_hat.new_zeros(*w_hat.shape[:-2], n_fine, h + 1)
+    rows[..., :h, :] = w_hat[..., :h, :]
+    rows[..., n_fine - h + 1:, :] = w_hat[..., h + 1:, :]
+    rows[..., h, :] = 0.5 * w_hat[..., h, :]
+    rows[..., n_fine - h, :] = 0.5 * w_hat[..., h, :]
+    out = w_hat.new_zeros(*w_hat.shape[:-2], n_fine, n_fine // 2 + 1)
+    out[..., :h] = rows[..., :h]
+    out[..., h] = 0.5 * rows[..., h]
+    return out
+
+
+def padded_size(n: int) -> int:
+    """The 3/2 rule's grid: the smallest even size ``>= 3 n / 2``."""
+    return 2 * -(-3 * n // 4)
+
+
+def advection(w_hat: torch.Tensor, grid: Grid, dealias: bool | str = True) -> torch.Tensor:
+    """The convection term ``u . grad w`` in Fourier space, dealiased by ``dealias`` (:func:`dealias_mode`).
+
+    Computed in divergence form ``div(u w)`` (equal for divergence-free ``u``). The 2/3 rule masks
+    inputs and output, the 3/2 rule forms the product on the padded grid and truncates it back (the
+    Nyquist modes dropped): both are exact Galerkin truncations, without aliasing.
     """
+    mode = dealias_mode(dealias)
+    if mode == "3/2":
+        fine = grid.with_size(padded_size(grid.n))
+        w_hat = truncate_hat(w_hat, grid.n)  # no Nyquist content
+        return truncate_hat(advection(pad_hat(w_hat, fine.n), fine, dealias=False), grid.n)
+    dealias = mode == "2/3"
     if dealias:
         w_hat = w_hat * grid.dealias
     u_hat, v_hat = velocity_hat(w_hat, grid)

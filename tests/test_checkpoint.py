@@ -152,6 +152,15 @@ def test_e2_checkpoint_needs_the_filtered_forcing(tmp_path):
         load_checkpoint(path).check_solver(*_solver())
 
 
+def test_e2_checkpoint_needs_the_les_dealiasing_its_closure_completes(tmp_path):
+    path, _ = write(tmp_path / "a.pt", flow={**FLOW, "dealias": "3/2"})
+    grid, _ = _solver()
+    load_checkpoint(path).check_solver(grid, NavierStokes2D(grid, nu=1e-3, drag=0.1, forcing=kolmogorov_forcing(grid),
+                                                            dealias="3/2"))
+    with pytest.raises(ValueError, match="3/2 dealiasing, the solver uses 2/3; set flow.dealias"):
+        load_checkpoint(path).check_solver(*_solver())
+
+
 def test_e1_checkpoint_needs_a_solver_without_convection(tmp_path):
     path, _ = write(tmp_path / "a.pt", flow={**FLOW, "kind": "e1"})
     with pytest.raises(ValueError, match="whole convection term.*flow.convection=false"):

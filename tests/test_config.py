@@ -80,7 +80,7 @@ def test_exclusive_pairs():
     ("flow.nu=abc", "'flow.nu' must be a number"),
     ("flow.n=33", "flow.n must be an even integer"),
     ("flow.n=32.5", "'flow.n' must be an integer"),
-    ("flow.dealias=1", "'flow.dealias' must be true or false"),
+    ("flow.dealias=1", "'flow.dealias' must be true, false or a name"), ("flow.dealias=3/4", "unknown flow.dealias '3/4'"),
     ("flow.stepper=rk9", "unknown flow.stepper 'rk9'"),
     ("flow.forcing.kind=magic", "unknown flow.forcing.kind"),
     ("flow.length=-1", "length"),

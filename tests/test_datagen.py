@@ -107,19 +107,21 @@ def test_e2_target_is_minus_pi_of_the_stored_dns(tmp_path):
     assert "target_noise" not in d and read_attrs(tmp_path / "pairs.h5")["kind"] == "e2"
 
 
-def test_e2_les_model_plus_stored_target_is_the_filtered_dns_tendency(tmp_path):
-    """End to end: the LES that evaluation builds from the file (closure.evaluation.coarse_flow, with
-    the filtered forcing) plus the stored target has the filtered DNS's tendency at every record."""
+@pytest.mark.parametrize("dealias", [True, "3/2"])
+def test_e2_les_model_plus_stored_target_is_the_filtered_dns_tendency(tmp_path, dealias):
+    """End to end: the LES that evaluation builds from the file (closure.closed_loop.coarse_flow, with
+    the filtered forcing and the data's LES dealiasing) plus the stored target has the filtered DNS's
+    tendency at every record."""
     from dataclasses import replace
 
     from closure.closed_loop import coarse_flow
     from solvers.config import FlowConfig, build_dataclass
     from solvers.setup import build_flow
 
-    path = make(tmp_path, E2)
+    path = make(tmp_path, E2, coarse={**E2["coarse"], "dealias": dealias})
     d, attrs = datasets(path), read_attrs(path)
     les_cfg, _ = coarse_flow(attrs)
-    assert les_cfg.forcing.filter == "gaussian"
+    assert les_cfg.forcing.filter == "gaussian" and les_cfg.dealias == dealias
     dns_cfg = build_dataclass(FlowConfig, yaml.safe_load(attrs["config"])["dns"], "dns.")
 
     def tendency(cfg, w):

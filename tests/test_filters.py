@@ -213,8 +213,19 @@ def test_les_term_of_field_resolved_on_coarse_grid_is_the_dealiased_band():
     assert les_closure_term(w, n_c, "gaussian").abs().max() > 1e-3  # the filter itself makes a closure term
 
 
-@pytest.mark.parametrize("n_c, filter", [(32, "gaussian"), (16, "box"), (24, "sharp")])
-def test_les_with_exact_closure_and_filtered_forcing_has_the_filtered_dns_tendency(n_c, filter):
+def test_les_term_vanishes_for_field_resolved_on_a_three_halves_les():
+    """No filter, a field inside the LES grid's modes, and an LES with the 3/2 rule: no subgrid scales
+    and nothing the LES drops, so ``Pi = 0`` on every mode."""
+    fine, n_c = Grid(64), 24
+    w = spectral_interpolate(truncate(gaussian_random_field(fine, 2, generator=torch.Generator().manual_seed(6)),
+                                      n_c), 64)
+    assert les_closure_term(w, n_c, "none", dealias="3/2").abs().max() < 1e-12
+    assert les_closure_term(w, n_c, "none").abs().max() > 1e-2  # the 2/3 rule drops part of the product
+
+
+@pytest.mark.parametrize("n_c, filter, dealias", [(32, "gaussian", True), (16, "box", True), (24, "sharp", True),
+                                                 (32, "gaussian", "3/2"), (16, "box", "3/2")])
+def test_les_with_exact_closure_and_filtered_forcing_has_the_filtered_dns_tendency(n_c, filter, dealias):
     """The defining property of the closure term: an LES (dealiased convection, viscosity, drag, the
     filtered forcing) plus ``-Pi`` has exactly the filtered DNS's tendency ``d coarse_grain(w)/dt``,
     on every coarse mode, also those above the 2/3 cutoff. Without the filtered forcing or with a
@@ -223,7 +234,7 @@ def test_les_with_exact_closure_and_filtered_forcing_has_the_filtered_dns_tenden
     kw = dict(nu=1e-3, drag=0.1)
     dns = NavierStokes2D(fine, forcing=make_forcing(fine, "kolmogorov", k_f=4), **kw)
     coarse = fine.with_size(n_c)
-    les = NavierStokes2D(coarse, forcing=make_forcing(coarse, "kolmogorov", k_f=4, filter=filter), **kw)
+    les = NavierStokes2D(coarse, forcing=make_forcing(coarse, "kolmogorov", k_f=4, filter=filter), dealias=dealias, **kw)
     w = 5 * gaussian_random_field(fine, 2, alpha=2.0, generator=torch.Generator().manual_seed(9))
 
     def tendency(eq, field):
@@ -231,8 +242,12 @@ def test_les_with_exact_closure_and_filtered_forcing_has_the_filtered_dns_tenden
         return eq.grid.irfft(eq.explicit_terms(w_hat) + eq.implicit_terms(w_hat))
 
     exact = coarse_grain(tendency(dns, w), n_c, filter)
-    model = tendency(les, coarse_grain(w, n_c, filter)) - les_closure_term(w, n_c, filter)
+    pi = les_closure_term(w, n_c, filter, dealias=dealias)
+    model = tendency(les, coarse_grain(w, n_c, filter)) - pi
     assert float((exact - model).abs().max()) < 1e-10 * float(exact.abs().max())
+    if dealias == "3/2":  # the LES computes the resolved product on every mode: Pi is the subgrid part alone
+        assert float(pi.norm()) < 0.8 * float(les_closure_term(w, n_c, filter).norm())
+        return
     if filter != "sharp":  # a sharp filter (k_cut = n_c / 4) keeps k_f = 4 whole and nothing above the 2/3 cutoff
         dealiased = coarse.irfft(coarse.rfft(les_closure_term(w, n_c, filter)) * coarse.dealias)
         wrong = model + les_closure_term(w, n_c, filter) - dealiased
