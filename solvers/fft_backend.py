@@ -33,7 +33,7 @@ from . import fft_workspace
 from .fft_workspace import Workspace, as_array, each_member, halves, real_view
 
 __all__ = ["BACKENDS", "PLANNERS", "set_backend", "get_backend", "set_planner", "get_planner", "fftw_available",
-           "uses_fftw", "fuses_step", "full_plans", "explicit_terms", "LowStorageStep"]
+           "uses_fftw", "fuses_step", "full_plans", "explicit_terms", "LowStorageStep", "padded_flux"]
 
 BACKENDS = ("auto", "torch", "fftw")
 PLANNERS = ("measure", "estimate")
@@ -79,7 +79,7 @@ def uses_fftw(equation, w_hat: torch.Tensor, extra_hat: torch.Tensor | None = No
         set_backend(backend)  # raises, naming the bad NS_FFT_BACKEND value
     if backend == "torch" or not _AVAILABLE or not equation.convection or grid.device.type != "cpu":
         return False
-    if getattr(equation, "dealias", "2/3") == "3/2":  # the padded product has no fast path
+    if getattr(equation, "dealias", "2/3") == "3/2":  # the padded product: padded_flux instead
         return False
     grad = torch.is_grad_enabled()
     for t in (w_hat, extra_hat):
@@ -88,6 +88,36 @@ def uses_fftw(equation, w_hat: torch.Tensor, extra_hat: torch.Tensor | None = No
     if tuple(w_hat.shape[-2:]) != grid.spectral_shape:
         return False
     return extra_hat is None or torch.broadcast_shapes(extra_hat.shape, w_hat.shape) == w_hat.shape
+
+
+_PADDED_PLANS: dict = {}
+
+
+def padded_flux(fields_hat: torch.Tensor, n_fine: int) -> torch.Tensor | None:
+    """The 3/2 rule's product by FFTW: ``(w, u, v)_hat`` on the padded grid ``(..., 3, n_fine, n_fine//2+1)``
+    -> ``(u w, v w)_hat`` ``(..., 2, n_fine, n_fine//2+1)``, forward-normalised like :class:`~solvers.grid.Grid`;
+    ``None`` where the torch path must run (backend "torch", no pyfftw, not CPU, or a gradient needed)."""
+    backend = _state["backend"]
+    if backend not in BACKENDS or (backend == "fftw" and not _AVAILABLE):
+        set_backend(backend)  # raises, naming the bad NS_FFT_BACKEND value
+    if backend == "torch" or not _AVAILABLE or fields_hat.device.type != "cpu" or \
+            (torch.is_grad_enabled() and fields_hat.requires_grad):
+        return None
+    import pyfftw.builders
+
+    shape, dtype = tuple(fields_hat.shape), fields_hat.dtype
+    key = (shape, dtype, _planner())
+    if key not in _PADDED_PLANS:
+        spec = np.zeros(shape, dtype=np.complex128 if dtype == torch.complex128 else np.complex64)
+        effort = f"FFTW_{_planner().upper()}"
+        inverse = pyfftw.builders.irfft2(spec, s=(n_fine, n_fine), norm="forward", planner_effort=effort, threads=1)
+        real = np.zeros((*shape[:-3], 2, n_fine, n_fine), dtype=inverse.output_array.dtype)
+        forward = pyfftw.builders.rfft2(real, norm="forward", planner_effort=effort, threads=1)
+        _PADDED_PLANS[key] = (inverse, forward)
+    inverse, forward = _PADDED_PLANS[key]
+    fields = inverse(fields_hat.resolve_conj().numpy())  # (..., 3, n_fine, n_fine), the plan's own buffer
+    flux = forward(fields[..., 1:, :, :] * fields[..., :1, :, :])
+    return torch.from_numpy(flux.copy())
 
 
 def _plain_navier_stokes(equation) -> bool:

@@ -79,10 +79,18 @@ class NavierStokes2D:
 
     def advection(self, w_hat: torch.Tensor) -> torch.Tensor:
         """``u . grad w`` in Fourier space for ``w_hat`` ``(..., n, n//2+1)``."""
-        if self.dealias == "3/2":
-            return spectral.advection(w_hat, self.grid, "3/2")
-        fields = self.grid.irfft(w_hat.unsqueeze(-3) * self._to_fields)  # (..., 3, n, n): w, u, v
-        flux_hat = self.grid.rfft(fields[..., 1:, :, :] * fields[..., :1, :, :])  # (uw, vw)
+        fields_hat = w_hat.unsqueeze(-3) * self._to_fields  # (..., 3, n, n//2+1): w, u, v
+        if self.dealias == "3/2":  # the product on the padded grid (FFTW when it can), truncated back
+            fine, n = spectral.padded_grid(self.grid), self.grid.n
+            padded_hat = spectral.truncate_hat(fields_hat, fine.n)
+            flux_hat = fft_backend.padded_flux(padded_hat, fine.n)
+            if flux_hat is None:
+                fields = fine.irfft(padded_hat)
+                flux_hat = fine.rfft(fields[..., 1:, :, :] * fields[..., :1, :, :])
+            flux_hat = spectral.truncate_hat(flux_hat, n)
+        else:
+            fields = self.grid.irfft(fields_hat)
+            flux_hat = self.grid.rfft(fields[..., 1:, :, :] * fields[..., :1, :, :])  # (uw, vw)
         return (flux_hat * self._divergence).sum(dim=-3)
 
     def explicit_terms(self, w_hat: torch.Tensor) -> torch.Tensor:

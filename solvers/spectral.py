@@ -21,6 +21,8 @@ __all__ = [
     "dealias_mode",
     "truncate_hat",
     "pad_hat",
+    "padded_size",
+    "padded_grid",
 ]
 
 # Convection-term dealiasing: "2/3" (Orszag's 2/3 rule: inputs and output masked to |k_i| < n/3),
@@ -73,13 +75,14 @@ def laplacian_hat(f_hat: torch.Tensor, grid: Grid) -> torch.Tensor:
     return -grid.k2 * f_hat
 
 
-def truncate_hat(w_hat: torch.Tensor, n_coarse: int) -> torch.Tensor:
-    """Keep integer modes ``|k_i| < n_coarse / 2`` of ``(..., n, n//2+1)``; the coarse Nyquist row and
-    column are zero. Coefficients are forward-normalised, so no rescaling."""
-    h = n_coarse // 2
-    out = w_hat.new_zeros(*w_hat.shape[:-2], n_coarse, h + 1)
+def truncate_hat(w_hat: torch.Tensor, n_out: int) -> torch.Tensor:
+    """``(..., n, n//2+1)`` -> ``(..., n_out, n_out//2+1)`` keeping the integer modes ``|k_i| < min(n, n_out) / 2``:
+    a spectral truncation (``n_out < n``) or a zero-padding (``n_out > n``); the smaller grid's Nyquist
+    row and column are dropped. Coefficients are forward-normalised, so no rescaling."""
+    h = min(n_out, w_hat.shape[-2]) // 2
+    out = w_hat.new_zeros(*w_hat.shape[:-2], n_out, n_out // 2 + 1)
     out[..., :h, :h] = w_hat[..., :h, :h]
-    out[..., h + 1:, :h] = w_hat[..., w_hat.shape[-2] - h + 1:, :h]
+    out[..., n_out - h + 1:, :h] = w_hat[..., w_hat.shape[-2] - h + 1:, :h]
     return out
 
 
@@ -103,6 +106,17 @@ def padded_size(n: int) -> int:
     return 2 * -(-3 * n // 4)
 
 
+_PADDED: dict = {}
+
+
+def padded_grid(grid: Grid) -> Grid:
+    """The 3/2 rule's grid for ``grid`` (same box, device and dtype), built once."""
+    key = (grid.n, grid.length, str(grid.device), grid.dtype)
+    if key not in _PADDED:
+        _PADDED[key] = grid.with_size(padded_size(grid.n))
+    return _PADDED[key]
+
+
 def advection(w_hat: torch.Tensor, grid: Grid, dealias: bool | str = True) -> torch.Tensor:
     """The convection term ``u . grad w`` in Fourier space, dealiased by ``dealias`` (:func:`dealias_mode`).
 
@@ -112,9 +126,8 @@ def advection(w_hat: torch.Tensor, grid: Grid, dealias: bool | str = True) -> to
     """
     mode = dealias_mode(dealias)
     if mode == "3/2":
-        fine = grid.with_size(padded_size(grid.n))
-        w_hat = truncate_hat(w_hat, grid.n)  # no Nyquist content
-        return truncate_hat(advection(pad_hat(w_hat, fine.n), fine, dealias=False), grid.n)
+        fine = padded_grid(grid)
+        return truncate_hat(advection(truncate_hat(w_hat, fine.n), fine, dealias=False), grid.n)
     dealias = mode == "2/3"
     if dealias:
         w_hat = w_hat * grid.dealias
