@@ -5,8 +5,9 @@
 # spread-skill over the reference window, and long-run statistics over 10^4 LES steps.
 #   bash benchmarks/e2_closures.sh [64|32 ...]     # default: both grids; resumable step by step
 # CPU departures: 400 training pairs per grid (4 trajectories x 100), tens of epochs, ensembles of 4.
-# The measured CPU run trained and evaluated fno and latent_cdm only; E2_ALL=1 adds
-# latent_cdm_two_phase and p_cdm (p_cdm's long run: 2 500 steps, its sampling costs ~1 s per call).
+# The measured CPU run trained and evaluated fno, latent_cdm and latent_cdm@multi (4-channel latents of
+# the closure and the state: as many numbers as the field); E2_ALL=1 adds latent_cdm_two_phase and
+# p_cdm (p_cdm's long run: 2 500 steps, its sampling costs ~1 s per call).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GRIDS=("${@:-64 32}")  # e.g. `bash benchmarks/e2_closures.sh 32` runs one grid (two grids can run side by side)
@@ -25,8 +26,11 @@ for n in ${GRIDS[@]}; do
     modes=8
     train fno runs/e2_les${n}/fno --set epochs=40 --set "model.kwargs={modes: 12, width: 24, layers: 4, hidden: 64}"
     train latent_cdm runs/e2_les${n}/latent_cdm --set epochs=40 --set model.kwargs.modes=$modes --set model.kwargs.levels=1
-    closures=(none smagorinsky leith dsmag fno latent_cdm)
-    ck=(--checkpoint fno=runs/e2_les${n}/fno/best.pt --checkpoint latent_cdm=runs/e2_les${n}/latent_cdm/best.pt)
+    train latent_cdm runs/e2_les${n}/latent_cdm_multi --set epochs=40 --set model.kwargs.modes=$modes \
+        --set model.kwargs.levels=1 --set model.kwargs.latent_channels=4 --set model.kwargs.cond_channels=4
+    closures=(none smagorinsky leith dsmag fno latent_cdm latent_cdm@multi)
+    ck=(--checkpoint fno=runs/e2_les${n}/fno/best.pt --checkpoint latent_cdm=runs/e2_les${n}/latent_cdm/best.pt
+        --checkpoint latent_cdm@multi=runs/e2_les${n}/latent_cdm_multi/best.pt)
     if [ "${E2_ALL:-0}" = 1 ]; then
         train latent_cdm_two_phase runs/e2_les${n}/latent_cdm_two_phase --set epochs=40 \
             --set model.kwargs.modes=$modes --set model.kwargs.levels=1 --set model.kwargs.ae_epochs=20
