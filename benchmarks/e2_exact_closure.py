@@ -101,14 +101,15 @@ def run(cfg, grids: list[int], members: int, start: float, times: list[float]) -
                 continue
             les_step, dt = step // ratio[n], dns.dt * ratio[n]
             data_pi = -les_closure_term(w, n, method, width, length=length, dealias=cfg.coarse.dealias)
-            two_thirds = -les_closure_term(w, n, method, width, length=length, dealias="2/3")
+            two_thirds = data_pi if cfg.coarse.dealias in (True, "2/3") else \
+                -les_closure_term(w, n, method, width, length=length, dealias="2/3")
             if les_step % 5 == 0:
                 held[n] = data_pi
+            grid = les[n]["none"].grid
+            masked = grid.irfft(grid.rfft(two_thirds) * grid.dealias)
             for v, (dealias, _, kind) in VARIANTS.items():
-                grid = les[n][v].grid
                 exact = data_pi if dealias == "data" else two_thirds
-                tendency = {"none": None, "exact": exact, "held": held[n],
-                            "masked": grid.irfft(grid.rfft(two_thirds) * grid.dealias)}[kind]
+                tendency = {"none": None, "exact": exact, "held": held[n], "masked": masked}[kind]
                 state[n][v] = rollout(state[n][v], les[n][v], dt, 1, stepper=cfg.dns.stepper, plugin=_Tendency(tendency),
                                       check_every=10 ** 9).w
         w = rollout(w, dns.equation, dns.dt, 1, stepper=cfg.dns.stepper, check_every=10 ** 9).w

@@ -34,6 +34,7 @@ __all__ = ["RESOLVED", "coarse_flow", "setup_coarse", "plugin_name", "make", "Po
 log = logging.getLogger(__name__)
 RESOLVED = "resolved"
 
+
 def coarse_flow(attrs: dict) -> tuple[FlowConfig, float]:
     """The coarse model a closure completes, and its time step, from a pair file's attributes.
 

@@ -119,7 +119,7 @@ class FlowConfig:
         check(self.dt is None or self.dt > 0, f"flow.dt must be positive or null (CFL), got {self.dt}")
         check(self.cfl > 0, f"flow.cfl must be positive, got {self.cfl}")
         check(self.stepper in STEPPERS, f"unknown flow.stepper {self.stepper!r}; choose one of {sorted(STEPPERS)}")
-        check(self.dealias in (True, False) or self.dealias in DEALIASING,
+        check(self.dealias in (True, False, *DEALIASING),
               f"unknown flow.dealias {self.dealias!r}; use true (2/3 rule), false, or one of {list(DEALIASING)}")
 
 

@@ -72,12 +72,18 @@ def fftw_available() -> bool:
     return _AVAILABLE
 
 
+def _fftw_enabled() -> bool:
+    """FFTW is installed and the backend allows it (a bad ``NS_FFT_BACKEND`` value raises, naming it)."""
+    backend = _state["backend"]
+    if backend not in BACKENDS or (backend == "fftw" and not _AVAILABLE):
+        set_backend(backend)
+    return backend != "torch" and _AVAILABLE
+
+
 def uses_fftw(equation, w_hat: torch.Tensor, extra_hat: torch.Tensor | None = None) -> bool:
     """Whether the fast path applies: CPU, FFTW enabled, no autograd, shapes and dtypes as the grid's."""
-    grid, backend = equation.grid, _state["backend"]
-    if backend not in BACKENDS or (backend == "fftw" and not _AVAILABLE):
-        set_backend(backend)  # raises, naming the bad NS_FFT_BACKEND value
-    if backend == "torch" or not _AVAILABLE or not equation.convection or grid.device.type != "cpu":
+    grid = equation.grid
+    if not _fftw_enabled() or not equation.convection or grid.device.type != "cpu":
         return False
     if getattr(equation, "dealias", "2/3") == "3/2":  # the padded product: padded_flux instead
         return False
@@ -97,11 +103,7 @@ def padded_flux(fields_hat: torch.Tensor, n_fine: int) -> torch.Tensor | None:
     """The 3/2 rule's product by FFTW: ``(w, u, v)_hat`` on the padded grid ``(..., 3, n_fine, n_fine//2+1)``
     -> ``(u w, v w)_hat`` ``(..., 2, n_fine, n_fine//2+1)``, forward-normalised like :class:`~solvers.grid.Grid`;
     ``None`` where the torch path must run (backend "torch", no pyfftw, not CPU, or a gradient needed)."""
-    backend = _state["backend"]
-    if backend not in BACKENDS or (backend == "fftw" and not _AVAILABLE):
-        set_backend(backend)  # raises, naming the bad NS_FFT_BACKEND value
-    if backend == "torch" or not _AVAILABLE or fields_hat.device.type != "cpu" or \
-            (torch.is_grad_enabled() and fields_hat.requires_grad):
+    if not _fftw_enabled() or fields_hat.device.type != "cpu" or (torch.is_grad_enabled() and fields_hat.requires_grad):
         return None
     import pyfftw.builders
 

@@ -46,6 +46,7 @@ class NavierStokes2D:
         self.set_viscosity(nu)
         self.dealias, self.convection = spectral.dealias_mode(dealias), convection
         mask = grid.dealias if self.dealias == "2/3" else torch.ones_like(grid.dealias)
+        self._fine = spectral.padded_grid(grid) if self.dealias == "3/2" else None  # the 3/2 rule's grid
         psi = -spectral.inverse_laplacian(grid)  # psi_hat = w_hat * psi
         ones = torch.ones_like(grid.k2)
         # w_hat -> (w, u, v) in one batched inverse transform; inputs masked for exact dealiasing.
@@ -81,13 +82,13 @@ class NavierStokes2D:
         """``u . grad w`` in Fourier space for ``w_hat`` ``(..., n, n//2+1)``."""
         fields_hat = w_hat.unsqueeze(-3) * self._to_fields  # (..., 3, n, n//2+1): w, u, v
         if self.dealias == "3/2":  # the product on the padded grid (FFTW when it can), truncated back
-            fine, n = spectral.padded_grid(self.grid), self.grid.n
+            fine = self._fine
             padded_hat = spectral.truncate_hat(fields_hat, fine.n)
             flux_hat = fft_backend.padded_flux(padded_hat, fine.n)
             if flux_hat is None:
                 fields = fine.irfft(padded_hat)
                 flux_hat = fine.rfft(fields[..., 1:, :, :] * fields[..., :1, :, :])
-            flux_hat = spectral.truncate_hat(flux_hat, n)
+            flux_hat = spectral.truncate_hat(flux_hat, self.grid.n)
         else:
             fields = self.grid.irfft(fields_hat)
             flux_hat = self.grid.rfft(fields[..., 1:, :, :] * fields[..., :1, :, :])  # (uw, vw)
