@@ -4,7 +4,7 @@
     python benchmarks/training_throughput.py --quick            # smoke run: batch 8 and 32, 1 s per case
     python benchmarks/training_throughput.py --batch-sizes 64 --threads 1 --device cuda
 
-Each case runs latent.training.train_epoch (seeded permutation, global batch, forward, backward,
+Each case runs latent.train_loop.train_epoch (seeded permutation, global batch, forward, backward,
 Adam step: exactly what `train_closure.py train` does per epoch) on random normalised 64^2 pairs
 with the model of configs/train_fno.yaml, float32, after one warm-up epoch; an epoch is 4 batches.
 Epochs are repeated until the case's time budget is spent; samples/s is from the best epoch (the
@@ -25,7 +25,7 @@ import torch
 
 from latent.models import build_model
 from latent.train_config import CONFIG_DIR, load_train_config
-from latent.training import Job, _LossModule, train_epoch
+from latent.train_loop import Job, _LossModule, train_epoch
 from solvers.io import atomic_write_text
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "training_throughput.json"

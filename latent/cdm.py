@@ -8,7 +8,9 @@ coarse vorticity ``w`` (both ``(batch, x, y)``, normalised) with a VE SDE
 - ``latent_cdm``: autoencoders map ``w`` and ``H`` to 16^2 latents ``z_w``, ``z_H`` and the score
   network works on ``z_H`` given ``z_w``; trained jointly with the loss
   ``10 recon(H) + 0.1 recon(w) + 0.1 score + 0.01 moment(z_H)``, the score gradient reaching both
-  encoders (L-CDM, joint);
+  encoders (L-CDM, joint); optionally ``+ w_decoded |dec_H(D(z_H + sigma e)) - H|^2``, the decoded
+  denoiser's error in physical space at the samplers' noise levels (``D``: :func:`~latent.diffusion.denoised`),
+  so that the score network's latent errors shape the decoder (off by default: E1's loss);
 - ``latent_cdm_two_phase``: the same model trained in two phases, the autoencoders alone for
   ``ae_epochs`` epochs, then the score network on the frozen encoders' latents.
 
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .autoencoder import Decoder, Encoder
-from .diffusion import VESDE, available_samplers, dsm_loss, sample
+from .diffusion import VESDE, available_samplers, denoised, dsm_loss, sample
 from .models import TrainableModel, register_model
 from .score import ConditionalScoreNet
 
@@ -91,7 +93,8 @@ class LatentCDM(ConditionalDiffusion):
     ``ae_channels`` / ``levels``: autoencoder width and halvings (64^2 -> 16^2 for 2); ``latent_channels`` /
     ``cond_channels``: channels of the closure's latent ``z_H`` and of the state's ``z_w`` (E1: 1 each; ``4^levels``
     channels keep as many numbers as the field); ``modes``, ``width``, ``layers``, ``hidden``, ``embed``: the
-    latent score network (E1: modes 4, width 20); ``w_*``: the loss weights."""
+    latent score network (E1: modes 4, width 20); ``w_*``: the loss weights (``w_decoded``: the decoded-denoising
+    term, 0 = E1's loss)."""
 
     joint = True
 
@@ -99,12 +102,17 @@ class LatentCDM(ConditionalDiffusion):
                  hidden: int = 64, embed: int = 32, sigma_max: float = 30.0, sampler: str = "euler_maruyama",
                  steps: int = 10, t_max: float = 0.4, t_min: float = 1e-3, rho: float = 7.0,
                  w_recon_h: float = 10.0, w_recon_w: float = 0.1, w_score: float = 0.1,
-                 w_moment: float = 0.01, latent_channels: int = 1, cond_channels: int = 1) -> None:
+                 w_moment: float = 0.01, latent_channels: int = 1, cond_channels: int = 1,
+                 w_decoded: float = 0.0) -> None:
         super().__init__(ConditionalScoreNet(modes, width, layers, hidden, embed, latent_channels, cond_channels),
                          sigma_max, **_sampling_defaults(sampler, steps, t_max, t_min, rho))
+        if w_decoded < 0:
+            raise ValueError(f"w_decoded must be >= 0, got {w_decoded}")
         self.enc_h, self.dec_h = Encoder(ae_channels, levels, latent_channels), Decoder(ae_channels, levels, latent_channels)
         self.enc_w, self.dec_w = Encoder(ae_channels, levels, cond_channels), Decoder(ae_channels, levels, cond_channels)
         self.weights = {"recon_h": w_recon_h, "recon_w": w_recon_w, "score": w_score, "moment": w_moment}
+        if w_decoded:
+            self.weights["decoded"] = w_decoded
 
     def terms(self, state: torch.Tensor, target: torch.Tensor, score: bool = True) -> dict[str, torch.Tensor]:
         """Unweighted loss terms, with their graphs. The score term's latents are detached unless the
@@ -116,6 +124,10 @@ class LatentCDM(ConditionalDiffusion):
             if not self.joint:
                 z_h, z_w = z_h.detach(), z_w.detach()
             out["score"] = dsm_loss(lambda x, t: self.score(x, t, z_w), z_h, self.sde)
+            if "decoded" in self.weights:
+                t_range = (self.sampling["t_min"], self.sampling["t_max"])
+                out["decoded"] = F.mse_loss(self.dec_h(denoised(lambda x, t: self.score(x, t, z_w), z_h, self.sde,
+                                                                 t_range)), target)
         return out
 
     def loss(self, state, target):

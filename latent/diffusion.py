@@ -26,7 +26,7 @@ import torch
 from solvers.random import normal_like
 from solvers.registry import Registry
 
-__all__ = ["VESDE", "dsm_loss", "time_schedule", "euler_maruyama", "heun", "sample", "available_samplers",
+__all__ = ["VESDE", "dsm_loss", "denoised", "time_schedule", "euler_maruyama", "heun", "sample", "available_samplers",
            "gaussian_score"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,6 +69,23 @@ def dsm_loss(score: ScoreFn, x0: torch.Tensor, sde: VESDE, generator=None) -> to
     z = normal_like(x0, generator)
     sigma = _expand(sde.sigma(t), x0)
     return ((sigma * score(x0 + sigma * z, t) + z) ** 2).mean()
+
+
+def denoised(score: ScoreFn, x0: torch.Tensor, sde: VESDE, t_range: tuple[float, float] = (1e-3, 0.4),
+             generator=None) -> torch.Tensor:
+    """Tweedie's one-step estimate of ``x0`` from its noised copy: ``x_t + sigma(t)^2 s(x_t, t)`` with
+    ``x_t = x0 + sigma(t) z`` at one ``t ~ U(t_range)`` per batch row (default: the samplers' range).
+    For the exact score it is ``E[x0 | x_t]``; a loss on a function of it (e.g. a decoder's output)
+    trains the score where the samplers use it."""
+    lo, hi = t_range
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"t_range must satisfy 0 < lo <= hi <= 1, got {t_range}")
+    u = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype,
+                   generator=generator if isinstance(generator, torch.Generator) else None)
+    t = lo + (hi - lo) * u
+    sigma = _expand(sde.sigma(t), x0)
+    x_t = x0 + sigma * normal_like(x0, generator)
+    return x_t + sigma ** 2 * score(x_t, t)
 
 
 def time_schedule(steps: int, t_max: float = 0.4, t_min: float = 1e-3, rho: float = 7.0,

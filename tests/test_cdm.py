@@ -50,6 +50,22 @@ def test_joint_score_gradient_reaches_both_encoders_two_phase_does_not(kw):
     assert enc_h == 0 and enc_w == 0 and net > 0
 
 
+def test_decoded_denoising_term_is_optional_and_trains_score_and_decoder_together():
+    w, h = _batch()
+    assert "decoded" not in build_model("latent_cdm", **TINY).terms(w, h)  # E1's loss by default
+    model = build_model("latent_cdm", w_decoded=1.0, **MULTI)
+    terms = model.terms(w, h)
+    model.zero_grad(set_to_none=True)
+    terms["decoded"].backward()
+    grads = [sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None)
+             for m in (model.net, model.dec_h, model.enc_h, model.enc_w)]
+    assert all(g > 0 for g in grads), grads
+    _, logged = model.loss(w, h)
+    assert set(logged) == {"recon_h", "recon_w", "moment", "score", "decoded"}
+    with pytest.raises(ValueError, match="w_decoded"):
+        build_model("latent_cdm", w_decoded=-1.0, **TINY)
+
+
 def test_two_phase_trains_the_autoencoder_then_only_the_score_network():
     w, h = _batch()
     model = build_model("latent_cdm_two_phase", ae_epochs=2, **TINY)

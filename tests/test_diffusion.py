@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from latent.diffusion import VESDE, dsm_loss, gaussian_score, sample, time_schedule
+from latent.diffusion import VESDE, denoised, dsm_loss, gaussian_score, sample, time_schedule
 from latent.score import ConditionalScoreNet
 
 SDE = VESDE(sigma_max=30.0)
@@ -39,6 +39,23 @@ def test_dsm_loss_is_minimised_by_the_exact_score():
         torch.manual_seed(1)  # the same t and noise for every c
         losses[c] = float(dsm_loss(lambda x, t: c * exact(x, t), x0, SDE))
     assert min(losses, key=losses.get) == 1.0, losses
+
+
+def test_denoiser_of_the_exact_score_is_the_posterior_mean():
+    """Tweedie: with the exact score of N(mean, var) data, ``denoised`` at one noise level has the Bayes
+    error ``var sigma^2 / (var + sigma^2)`` (within 3 % over 40 000 draws), and a mis-scaled score does worse."""
+    mean, var, t = 0.7, 0.3 ** 2, 0.2
+    x0 = mean + math.sqrt(var) * torch.randn(40000, 1, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sigma2 = float(SDE.sigma(torch.tensor(t, dtype=torch.float64))) ** 2
+    exact = gaussian_score(mean, var, SDE)
+    errors = {}
+    for c in (0.8, 1.0, 1.2):
+        torch.manual_seed(4)  # the same noise for every c
+        errors[c] = float(((denoised(lambda x, s: c * exact(x, s), x0, SDE, (t, t)) - x0) ** 2).mean())
+    assert errors[1.0] == pytest.approx(var * sigma2 / (var + sigma2), rel=0.03)
+    assert errors[1.0] < min(errors[0.8], errors[1.2])
+    with pytest.raises(ValueError, match="t_range"):
+        denoised(exact, x0, SDE, (0.4, 0.1))
 
 
 @pytest.mark.parametrize("sampler, steps", [("euler_maruyama", 200), ("heun", 25)])
