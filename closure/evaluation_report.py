@@ -7,12 +7,15 @@ evaluations of different plug-ins on one dataset run apart and combine.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from solvers.figures import _figure, save_figure
 from solvers.io import atomic_write_text
+
+from .statistics import spectrum_error
 
 __all__ = ["write_report", "load_results", "merge_results", "markdown_table", "long_run_table"]
 
@@ -91,15 +94,19 @@ def markdown_table(results: dict) -> str:
 
 def long_run_table(results: dict) -> str:
     """One row per plug-in with a long run: statistics errors against the filtered DNS, spread-skill, stability."""
-    head = ["closure", "spectrum_error", "energy err", "enstrophy err", "pdf W1", "spread/skill", "steps run",
-            "blew up"]
+    head = ["closure", "spectrum_error", "spectrum k > n/3", "energy err", "enstrophy err", "pdf W1", "spread/skill",
+            "steps run", "blew up"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ref = results.get("long_run_reference", {}).get("spectrum")
     for name, r in results["closures"].items():
         if "long_run" not in r:
             continue
-        lr = r["long_run"]
-        cells = [name] + [f"{lr[k]:.3g}" for k in ("spectrum_error", "energy_rel_err", "enstrophy_rel_err",
-                                                   "pdf_wasserstein")]
+        lr = dict(r["long_run"])
+        if "spectrum_error_band" not in lr:  # results written before the band metric: from the stored spectra
+            lr["spectrum_error_band"] = (math.nan if lr.get("spectrum") is None or ref is None else
+                                         spectrum_error(lr["spectrum"], ref, (2 * (len(ref) - 1)) // 3 + 1, len(ref) - 1))
+        cells = [name] + [f"{lr[k]:.3g}" for k in ("spectrum_error", "spectrum_error_band", "energy_rel_err",
+                                                   "enstrophy_rel_err", "pdf_wasserstein")]
         cells += [f"{lr['spread_skill']:.3g}" if lr["members"] > 1 else "—", f"{lr['steps_run']}/{lr['steps']}",
                   f"t={lr['blow_up_t']:.4g}" if lr["blew_up"] else "no"]
         rows.append("| " + " | ".join(cells) + " |")

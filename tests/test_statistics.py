@@ -11,7 +11,7 @@ import yaml
 import train_closure
 from closure import Plugin, register
 from closure.evaluation import evaluate
-from closure.statistics import compare, reference_statistics, run_statistics, spread_skill
+from closure.statistics import compare, reference_statistics, run_statistics, spectrum_error, spread_skill
 from solvers import Grid, diagnostics
 from solvers.data_config import load_data_config
 from solvers.datagen import generate
@@ -95,6 +95,18 @@ def test_spectrum_error_is_mean_abs_log10_up_to_the_dealiased_cutoff(frames):
     assert err["spectrum_error"] == pytest.approx(1.0, rel=1e-12)
     assert err["energy_rel_err"] == pytest.approx(0.1) and err["enstrophy_rel_err"] == pytest.approx(0.5)
     assert compare(replace(ref, spectrum=scaled), ref, k_max=8)["spectrum_error"] > 2
+    assert err["spectrum_error_band"] == pytest.approx(7.0, rel=1e-12)  # shells 6..8: 10 * 1e6
+
+
+def test_spectrum_band_error_charges_missing_near_cutoff_energy(frames):
+    """A 2/3-rule LES has no energy above n/3: the band error is huge, the 1..n/3 error untouched."""
+    grid, w = frames
+    ref = reference_statistics(w, grid)
+    masked = ref.spectrum.copy()
+    masked[16 // 3 + 1:] = 0.0
+    err = compare(replace(ref, spectrum=masked), ref)
+    assert err["spectrum_error"] == 0.0 and err["spectrum_error_band"] > 100
+    assert math.isnan(spectrum_error(ref.spectrum, ref.spectrum, 9, 8))  # no shell in the band
 
 
 def _ensemble_scores(members: torch.Tensor, truth: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +144,7 @@ def test_evaluate_long_run_writes_statistics_table_and_figure(e2_data, tmp_path)
     none, noisy = (results["closures"][k]["long_run"] for k in ("none", "_test_noisy"))
     for lr in (none, noisy):
         assert lr["steps_run"] == 60 and not lr["blew_up"] and lr["snapshots"] == 6  # 6 spin-up steps skipped
-        assert all(np.isfinite(lr[k]) and lr[k] >= 0 for k in ("spectrum_error", "energy_rel_err",
+        assert all(np.isfinite(lr[k]) and lr[k] >= 0 for k in ("spectrum_error", "spectrum_error_band", "energy_rel_err",
                                                                "enstrophy_rel_err", "pdf_wasserstein", "pdf_kl"))
     assert none["members"] == 1 and noisy["members"] == 4 and noisy["plugin_s"] > 0
     assert noisy["spread_skill"] > 0 and none["spread_skill"] == 0.0
@@ -140,7 +152,8 @@ def test_evaluate_long_run_writes_statistics_table_and_figure(e2_data, tmp_path)
     assert post["ens_mean_rmse"][0] == pytest.approx(0.0, abs=1e-6) and post["ens_mean_rmse"][-1] > 0
     assert "long_run" in json.loads((tmp_path / "evaluation.json").read_text())["closures"]["none"]
     table = (tmp_path / "table.md").read_text()
-    assert "| closure | spectrum_error | energy err | enstrophy err | pdf W1 | spread/skill | steps run | blew up |" in table
+    assert ("| closure | spectrum_error | spectrum k > n/3 | energy err | enstrophy err | pdf W1 | spread/skill | "
+            "steps run | blew up |") in table
     assert "| none |" in table and "| 60/60 | no |" in table
     assert (tmp_path / "long_run.png").stat().st_size > 10_000
 
@@ -155,3 +168,14 @@ def test_closure_that_blows_up_is_reported_not_raised(e2_data, tmp_path, capsys)
     assert lr["snapshots"] == 1 and np.isfinite(lr["spectrum_error"])  # the snapshot at step 20 (spin-up: 10)
     assert "| 20/100 | t=0.8 |" in capsys.readouterr().out
     assert train_closure.main(argv + ["--long-every", "0"]) == 2
+
+
+def test_long_run_table_computes_the_band_error_of_older_results_from_their_spectra():
+    from closure.evaluation_report import long_run_table
+
+    ref = [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1e-2, 1e-3, 1e-4]  # n = 16: band shells 6..8
+    run = [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1e-1, 1e-2, 1e-3]  # ten times the reference there
+    lr = {"spectrum_error": 0.0, "energy_rel_err": 0.0, "enstrophy_rel_err": 0.0, "pdf_wasserstein": 0.0,
+          "spread_skill": 0.0, "members": 1, "steps_run": 10, "steps": 10, "blew_up": False, "spectrum": run}
+    table = long_run_table({"long_run_reference": {"spectrum": ref}, "closures": {"old": {"long_run": lr}}})
+    assert "| old | 0 | 1 | 0 | 0 | 0 | — | 10/10 | no |" in table
