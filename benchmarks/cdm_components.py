@@ -10,7 +10,12 @@ Correlations with the normalised truth (1 = perfect), on every ``--stride``-th t
 - ``denoiser`` at each noise level ``sigma(t)``: ``x + sigma^2 s(x, t | z_w)`` from ``x = z_H + sigma eps``
   against ``z_H`` (the noisy ``x`` itself beside it): how much the score network adds from the condition;
 - ``sample``: one latent draw ``z ~ p(z_H | z_w)`` against ``z_H``, the mean of ``--samples`` draws, and both
-  decoded against ``H``; ``spread``: the draws' standard deviation over that of ``z_H``.
+  decoded against ``H``; ``spread``: the draws' standard deviation over that of ``z_H``;
+- ``drain``: the enstrophy the closure takes from the resolved flow, ``sum_k C(k)`` of the cospectrum of the
+  closure and the state (:func:`solvers.diagnostics.cospectrum`) over shells ``1..n/3`` and over the
+  near-cutoff band ``n/3 < k <= n/2``, for the autoencoder, one decoded draw and the mean of the draws, as
+  a fraction of the true ``H``'s (1 = the right drain; 0 = none, the state-dependent part of the closure
+  lost: the small-data E2 models' band spectrum error, ``spectrum k > n/3``, stays at the no-closure level).
 
 A closure whose mean-of-draws correlation stays far below a deterministic model's (the E2 ``fno``) is limited
 by its conditional score (or its condition's encoder), not by its sampler. Writes ``results/cdm_components.{json,md}``.
@@ -23,7 +28,9 @@ from pathlib import Path
 import torch
 
 from latent.checkpoint import load_checkpoint
+from solvers import Grid
 from solvers.diagnostics import correlation as corr
+from solvers.diagnostics import cospectrum
 from solvers.io import missing_input, publish_results
 from solvers.pairs import read_attrs, read_pairs
 
@@ -43,9 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def drain_rows(fields: dict[str, torch.Tensor], h: torch.Tensor, w: torch.Tensor, grid: Grid) -> list[dict]:
+    """Rows ``drain``: each closure field's enstrophy transfer with the state ``w`` over the resolved shells
+    ``1..n/3`` and the band ``n/3 < k <= n/2``, over the true ``h``'s (all ``(batch, x, y)``)."""
+    n = grid.n
+
+    def bands(f):
+        c = cospectrum(f.double(), w.double(), grid)[1].mean(0)
+        return float(c[1:n // 3 + 1].sum()), float(c[n // 3 + 1:].sum())
+
+    truth = bands(h)
+    rows = []
+    for what, f in fields.items():
+        low, band = bands(f)
+        rows.append({"part": "drain", "what": f"{what}: k <= n/3 | n/3 < k <= n/2, over H's",
+                     "corr": low / truth[0], "band": band / truth[1]})
+    return rows
+
+
 @torch.no_grad()
-def measure(model, w: torch.Tensor, h: torch.Tensor, times: list[float], samples: int, seed: int) -> dict:
-    """The table's rows for normalised states ``w`` and targets ``h`` ``(batch, x, y)``."""
+def measure(model, w: torch.Tensor, h: torch.Tensor, times: list[float], samples: int, seed: int,
+            grid: Grid | None = None) -> dict:
+    """The table's rows for normalised states ``w`` and targets ``h`` ``(batch, x, y)`` (with ``grid``: the
+    ``drain`` rows too)."""
     g = torch.Generator().manual_seed(seed)
     z_h, z_w = model.enc_h(h), model.enc_w(w)
     rows = [{"part": "autoencoder", "what": "dec_h(enc_h(H)) vs H", "corr": corr(model.dec_h(z_h), h)}]
@@ -61,14 +88,17 @@ def measure(model, w: torch.Tensor, h: torch.Tensor, times: list[float], samples
              {"part": "sample", "what": f"mean of {samples} draws vs z_H", "corr": corr(draws.mean(0), z_h)},
              {"part": "decoded", "what": "one draw vs H", "corr": corr(model.dec_h(draws[0]), h)},
              {"part": "decoded", "what": f"mean of {samples} draws vs H", "corr": corr(model.dec_h(draws.mean(0)), h)}]
+    if grid is not None:
+        rows += drain_rows({"autoencoder": model.dec_h(z_h), "one draw": model.dec_h(draws[0]),
+                            f"mean of {samples} draws": model.dec_h(draws.mean(0))}, h, w, grid)
     return {"rows": rows, "spread": float(draws.std(0).mean() / z_h.std()), "pairs": int(w.shape[0])}
 
 
 def table(results: dict) -> str:
-    lines = ["| part | what | corr | input corr |", "|---|---|---|---|"]
+    lines = ["| part | what | corr (drain: k <= n/3) | input corr (drain: n/3 < k <= n/2) |", "|---|---|---|---|"]
     for r in results["rows"]:
-        noisy = f"{r['input_corr']:.3f}" if "input_corr" in r else "—"
-        lines.append(f"| {r['part']} | {r['what']} | {r['corr']:.3f} | {noisy} |")
+        other = r.get("input_corr", r.get("band"))
+        lines.append(f"| {r['part']} | {r['what']} | {r['corr']:.3f} | {'—' if other is None else f'{other:.3f}'} |")
     return "\n".join(lines) + f"\n\nspread of the draws / std of z_H: {results['spread']:.3f} ({results['pairs']} pairs)\n"
 
 
@@ -93,8 +123,9 @@ def main(argv=None) -> int:
         return 2
     test = read_pairs(args.data, "test")
     idx = torch.arange(0, len(test.state), args.stride)
+    grid = Grid(int(attrs["grid_n"]), float(attrs["grid_length"]), dtype=torch.float64)
     results = measure(model, norm.state(test.state[idx]).float(), norm.target(test.target[idx]).float(),
-                      args.times, args.samples, args.seed)
+                      args.times, args.samples, args.seed, grid)
     results.update(checkpoint=str(args.checkpoint), data=str(args.data))
     return publish_results(args.json, results, table(results))
 

@@ -1,4 +1,4 @@
-"""Flow diagnostics: energy, enstrophy, energy spectrum, vorticity PDF, CFL number, errors.
+"""Flow diagnostics: energy, enstrophy, energy spectrum and cospectra, vorticity PDF, CFL number, errors.
 
 Real fields are ``(..., x, y)``; reductions are over the last two axes, so a batch or an
 ensemble gives one value per member.
@@ -14,6 +14,7 @@ __all__ = [
     "energy",
     "enstrophy",
     "energy_spectrum",
+    "cospectrum",
     "vorticity_pdf",
     "max_velocity",
     "cfl_number",
@@ -51,17 +52,30 @@ def energy_spectrum(w: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Te
     ``E.sum(-1)`` equals :func:`energy` (modes beyond the last shell are folded into it).
     """
     u_hat, v_hat = spectral.velocity_hat(grid.rfft(w), grid)
-    weight = torch.full(grid.spectral_shape, 2.0, dtype=grid.dtype, device=w.device)
+    return _shell_sum(0.5 * (u_hat.abs() ** 2 + v_hat.abs() ** 2), grid)
+
+
+def cospectrum(a: torch.Tensor, b: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shell sums ``C(k)`` of ``Re(a_hat conj(b_hat))`` for real fields ``(..., x, y)``: ``C.sum(-1)`` is the
+    box mean ``<a b>``. With ``a`` a closure tendency and ``b`` the vorticity, ``C(k)`` is the enstrophy the
+    closure puts into shell ``k`` (negative: it drains there)."""
+    return _shell_sum((grid.rfft(a) * grid.rfft(b).conj()).real, grid)
+
+
+def _shell_sum(density: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(k, S)``: ``density`` ``(..., n, n//2+1)`` on the rfft half-plane, weighted for the missing
+    conjugate half, summed over integer shells ``(n//2+1,)`` (modes past the last shell fold into it)."""
+    weight = torch.full(grid.spectral_shape, 2.0, dtype=grid.dtype, device=density.device)
     weight[:, 0] = 1.0
     weight[:, -1] = 1.0
-    density = 0.5 * weight * (u_hat.abs() ** 2 + v_hat.abs() ** 2)
+    density = weight * density
     kmag = torch.sqrt(grid.k2) * grid.length / (2 * torch.pi)
     n_shells = grid.n // 2 + 1
     shell = torch.round(kmag).long().clamp(max=n_shells - 1).reshape(-1)
     flat = density.reshape(*density.shape[:-2], -1)
-    spectrum = torch.zeros(*flat.shape[:-1], n_shells, dtype=flat.dtype, device=w.device)
+    spectrum = torch.zeros(*flat.shape[:-1], n_shells, dtype=flat.dtype, device=density.device)
     spectrum.index_add_(-1, shell, flat)
-    k = torch.arange(n_shells, device=w.device)
+    k = torch.arange(n_shells, device=density.device)
     return k, spectrum
 
 

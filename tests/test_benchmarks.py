@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
+from solvers import Grid
 from solvers.data_config import load_data_config
 from solvers.datagen import generate
 from test_evaluation import E1 as TINY_E1
@@ -121,8 +123,15 @@ def test_cdm_components_measure_each_part_of_a_latent_closure(data, tmp_path, ca
     assert cdm_components.main(["--checkpoint", str(ckpt), "--data", str(data), "--stride", "1", "--samples", "2",
                                 "--times", "0.1", "0.4", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["part"].split()[0] for r in rows] == ["autoencoder", "denoiser", "denoiser"] + ["sample"] * 2 + ["decoded"] * 2
-    assert all(-1 <= r["corr"] <= 1 for r in rows)
+    assert [r["part"].split()[0] for r in rows] == (["autoencoder", "denoiser", "denoiser"] + ["sample"] * 2
+                                                    + ["decoded"] * 2 + ["drain"] * 3)
+    assert all(-1 <= r["corr"] <= 1 for r in rows if r["part"] != "drain")
+    assert all(np.isfinite([r["corr"], r["band"]]).all() for r in rows if r["part"] == "drain")
+    # the drain rows: a closure's enstrophy transfer over the true one's, per band
+    w, h = (torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    grid = Grid(16)
+    drain = cdm_components.drain_rows({"truth": h, "half": 0.5 * h, "none": 0 * h}, h, w, grid)
+    assert [(r["corr"], r["band"]) for r in drain] == [pytest.approx((1.0, 1.0)), pytest.approx((0.5, 0.5)), (0.0, 0.0)]
     # the denoiser's noisy input loses correlation with the latent as the noise grows
     assert rows[1]["input_corr"] > rows[2]["input_corr"]
     fno = closure.plugin_class("fno").example_checkpoint(tmp_path / "f.pt", flow.grid, flow.equation)

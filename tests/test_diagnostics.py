@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from solvers import Grid
-from solvers.diagnostics import (cfl_number, energy, energy_spectrum, enstrophy, ens_mean_rel_l2, max_velocity,
+from solvers.diagnostics import (cfl_number, cospectrum, energy, energy_spectrum, enstrophy, ens_mean_rel_l2, max_velocity,
                                  rel_l2, spread, vorticity_pdf)
 from solvers import spectral
 from solvers.initial_conditions import taylor_green
@@ -21,6 +21,18 @@ def test_energy_matches_physical_space_and_spectrum_sums_to_it():
     k, spectrum = energy_spectrum(w, grid)
     torch.testing.assert_close(spectrum.sum(-1), direct, rtol=1e-12, atol=0)
     assert k[0] == 0 and spectrum[:, 0].abs().max() < 1e-14
+
+
+def test_cospectrum_sums_to_the_box_mean_of_the_product_and_sits_in_its_shells():
+    grid = Grid(16, 2 * math.pi)
+    g = torch.Generator().manual_seed(1)
+    a, b = (torch.randn(2, 16, 16, dtype=torch.float64, generator=g) for _ in range(2))  # with Nyquist content
+    k, c = cospectrum(a, b, grid)
+    torch.testing.assert_close(c.sum(-1), (a * b).mean(dim=(-2, -1)), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(cospectrum(b, a, grid)[1], c, rtol=1e-12, atol=1e-14)
+    x, y = grid.coordinates()
+    _, c = cospectrum(torch.cos(3 * x), torch.cos(3 * x) + torch.sin(5 * y), grid)
+    assert c[3].item() == pytest.approx(0.5) and c.abs().sum().item() == pytest.approx(0.5)  # sin 5y is orthogonal
 
 
 def test_taylor_green_values():
