@@ -6,6 +6,8 @@ test split: where the latent closure loses what the state knows about the closur
 
 Correlations with the normalised truth (1 = perfect), on every ``--stride``-th test pair:
 
+- ``mean branch`` (models with one): its ``m(w)`` against ``H``; the latents then hold ``H - m(w)`` and every
+  decoded row below adds ``m(w)`` back;
 - ``autoencoder``: ``dec_h(enc_h(H))`` against ``H``, the best a latent sample can decode to;
 - ``denoiser`` at each noise level ``sigma(t)``: ``x + sigma^2 s(x, t | z_w)`` from ``x = z_H + sigma eps``
   against ``z_H`` (the noisy ``x`` itself beside it): how much the score network adds from the condition;
@@ -74,8 +76,13 @@ def measure(model, w: torch.Tensor, h: torch.Tensor, times: list[float], samples
     """The table's rows for normalised states ``w`` and targets ``h`` ``(batch, x, y)`` (with ``grid``: the
     ``drain`` rows too)."""
     g = torch.Generator().manual_seed(seed)
-    z_h, z_w = model.enc_h(h), model.enc_w(w)
-    rows = [{"part": "autoencoder", "what": "dec_h(enc_h(H)) vs H", "corr": corr(model.dec_h(z_h), h)}]
+    rows, mean = [], 0.0
+    if getattr(model, "mean", None) is not None:  # a mean branch: the latents hold the residual H - m(w)
+        mean = model.mean(w)
+        rows.append({"part": "mean branch", "what": "m(w) vs H", "corr": corr(mean, h)})
+    z_h, z_w = model.enc_h(h - mean), model.enc_w(w)
+    decode = lambda z: mean + model.dec_h(z)  # noqa: E731
+    rows.append({"part": "autoencoder", "what": "dec_h(enc_h(H)) vs H", "corr": corr(decode(z_h), h)})
     for t in times:
         tt = torch.full((z_h.shape[0],), float(t))
         sigma = model.sde.sigma(tt).reshape(-1, *[1] * (z_h.dim() - 1))
@@ -86,11 +93,11 @@ def measure(model, w: torch.Tensor, h: torch.Tensor, times: list[float], samples
     draws = torch.stack([model.sample_latent(z_w, g) for _ in range(samples)])
     rows += [{"part": "sample", "what": "one draw vs z_H", "corr": corr(draws[0], z_h)},
              {"part": "sample", "what": f"mean of {samples} draws vs z_H", "corr": corr(draws.mean(0), z_h)},
-             {"part": "decoded", "what": "one draw vs H", "corr": corr(model.dec_h(draws[0]), h)},
-             {"part": "decoded", "what": f"mean of {samples} draws vs H", "corr": corr(model.dec_h(draws.mean(0)), h)}]
+             {"part": "decoded", "what": "one draw vs H", "corr": corr(decode(draws[0]), h)},
+             {"part": "decoded", "what": f"mean of {samples} draws vs H", "corr": corr(decode(draws.mean(0)), h)}]
     if grid is not None:
-        rows += drain_rows({"autoencoder": model.dec_h(z_h), "one draw": model.dec_h(draws[0]),
-                            f"mean of {samples} draws": model.dec_h(draws.mean(0))}, h, w, grid)
+        rows += drain_rows({"autoencoder": decode(z_h), "one draw": decode(draws[0]),
+                            f"mean of {samples} draws": decode(draws.mean(0))}, h, w, grid)
     return {"rows": rows, "spread": float(draws.std(0).mean() / z_h.std()), "pairs": int(w.shape[0])}
 
 

@@ -10,7 +10,10 @@ coarse vorticity ``w`` (both ``(batch, x, y)``, normalised) with a VE SDE
   ``10 recon(H) + 0.1 recon(w) + 0.1 score + 0.01 moment(z_H)``, the score gradient reaching both
   encoders (L-CDM, joint); optionally ``+ w_decoded |dec_H(D(z_H + sigma e)) - H|^2``, the decoded
   denoiser's error in physical space at the samplers' noise levels (``D``: :func:`~latent.diffusion.denoised`),
-  so that the score network's latent errors shape the decoder (off by default: E1's loss);
+  so that the score network's latent errors shape the decoder (off by default: E1's loss); optionally
+  (``mean_branch``) a deterministic FNO predicts ``E[H | w]`` (``+ w_mean |m(w) - H|^2``) and the
+  autoencoder and diffusion model the residual ``H - m(w)``, a draw being ``m(w) + dec_H(z)`` (regression
+  plus diffusion residual, as CorrDiff, Mardani et al. 2023; off by default);
 - ``latent_cdm_two_phase``: the same model trained in two phases, the autoencoders alone for
   ``ae_epochs`` epochs, then the score network on the frozen encoders' latents.
 
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 
 from .autoencoder import Decoder, Encoder
 from .diffusion import VESDE, available_samplers, denoised, dsm_loss, sample
+from .fno import FNO2d
 from .models import TrainableModel, register_model
 from .score import ConditionalScoreNet
 
@@ -94,7 +98,8 @@ class LatentCDM(ConditionalDiffusion):
     ``cond_channels``: channels of the closure's latent ``z_H`` and of the state's ``z_w`` (E1: 1 each; ``4^levels``
     channels keep as many numbers as the field); ``modes``, ``width``, ``layers``, ``hidden``, ``embed``: the
     latent score network (E1: modes 4, width 20); ``w_*``: the loss weights (``w_decoded``: the decoded-denoising
-    term, 0 = E1's loss)."""
+    term, 0 = E1's loss); ``mean_branch``: keyword arguments of an :class:`~latent.fno.FNO2d` for the
+    conditional mean (``modes``, ``width``, ``layers``, ``hidden``), ``None`` = E1's model, with weight ``w_mean``."""
 
     joint = True
 
@@ -103,23 +108,36 @@ class LatentCDM(ConditionalDiffusion):
                  steps: int = 10, t_max: float = 0.4, t_min: float = 1e-3, rho: float = 7.0,
                  w_recon_h: float = 10.0, w_recon_w: float = 0.1, w_score: float = 0.1,
                  w_moment: float = 0.01, latent_channels: int = 1, cond_channels: int = 1,
-                 w_decoded: float = 0.0) -> None:
+                 w_decoded: float = 0.0, mean_branch: dict | None = None, w_mean: float = 10.0) -> None:
         super().__init__(ConditionalScoreNet(modes, width, layers, hidden, embed, latent_channels, cond_channels),
                          sigma_max, **_sampling_defaults(sampler, steps, t_max, t_min, rho))
-        if w_decoded < 0:
-            raise ValueError(f"w_decoded must be >= 0, got {w_decoded}")
+        if w_decoded < 0 or w_mean < 0:
+            raise ValueError(f"w_decoded and w_mean must be >= 0, got {w_decoded}, {w_mean}")
+        self.mean = None
+        if mean_branch is not None:
+            unknown = set(mean_branch) - {"modes", "width", "layers", "hidden"}
+            if unknown:
+                raise ValueError(f"mean_branch: unknown key(s) {sorted(unknown)}; use modes, width, layers, hidden")
+            self.mean = FNO2d(1, 1, **mean_branch)
         self.enc_h, self.dec_h = Encoder(ae_channels, levels, latent_channels), Decoder(ae_channels, levels, latent_channels)
         self.enc_w, self.dec_w = Encoder(ae_channels, levels, cond_channels), Decoder(ae_channels, levels, cond_channels)
         self.weights = {"recon_h": w_recon_h, "recon_w": w_recon_w, "score": w_score, "moment": w_moment}
         if w_decoded:
             self.weights["decoded"] = w_decoded
+        if self.mean is not None:
+            self.weights["mean"] = w_mean
 
     def terms(self, state: torch.Tensor, target: torch.Tensor, score: bool = True) -> dict[str, torch.Tensor]:
         """Unweighted loss terms, with their graphs. The score term's latents are detached unless the
         model trains jointly (``self.joint``)."""
+        out = {}
+        if self.mean is not None:
+            mean = self.mean(state)
+            out["mean"] = F.mse_loss(mean, target)
+            target = target - mean.detach()  # the autoencoder and the diffusion model the residual
         z_h, z_w = self.enc_h(target), self.enc_w(state)
-        out = {"recon_h": F.mse_loss(self.dec_h(z_h), target), "recon_w": F.mse_loss(self.dec_w(z_w), state),
-               "moment": moment_penalty(z_h)}
+        out.update(recon_h=F.mse_loss(self.dec_h(z_h), target), recon_w=F.mse_loss(self.dec_w(z_w), state),
+                   moment=moment_penalty(z_h))
         if score:
             if not self.joint:
                 z_h, z_w = z_h.detach(), z_w.detach()
@@ -144,7 +162,8 @@ class LatentCDM(ConditionalDiffusion):
         return self.sample(z_w, generator, shape=shape, **sampling)
 
     def predict(self, state, generator=None, **sampling):
-        return self.dec_h(self.sample_latent(self.enc_w(state), generator, **sampling))
+        draw = self.dec_h(self.sample_latent(self.enc_w(state), generator, **sampling))
+        return draw if self.mean is None else self.mean(state) + draw
 
 
 @register_model("latent_cdm_two_phase")

@@ -1,26 +1,19 @@
 """Conditional diffusion closures: gradient routing of joint vs two-phase training, per-member
-sampling, seeds, training through the shared pipeline, and the shipped default model."""
+sampling, seeds, the optional loss terms and mean branch, training through the shared pipeline
+(the shipped default model: test_shipped_model.py)."""
 from __future__ import annotations
-
-import hashlib
-import json
-from dataclasses import replace
 
 import pytest
 import torch
 
 import closure
-import simulate
 import train_closure
 from closure.learned import SHIPPED
 from latent.checkpoint import load_checkpoint
 from latent.models import build_model
 from solvers import Grid, NavierStokes2D
-from solvers.config import load_config
-from solvers.diagnostics import rel_l2
 from solvers.random import MemberRNG
 from solvers.rollout import rollout
-from solvers.setup import build_flow
 from test_training import one_thread, read_log, write_tiny_pairs  # noqa: F401  (one_thread: autouse fixture)
 
 TINY = dict(ae_channels=4, modes=2, width=8, layers=2, hidden=16, embed=8)
@@ -64,6 +57,26 @@ def test_decoded_denoising_term_is_optional_and_trains_score_and_decoder_togethe
     assert set(logged) == {"recon_h", "recon_w", "moment", "score", "decoded"}
     with pytest.raises(ValueError, match="w_decoded"):
         build_model("latent_cdm", w_decoded=-1.0, **TINY)
+
+
+def test_mean_branch_predicts_the_mean_and_the_diffusion_models_the_residual():
+    w, h = _batch()
+    model = build_model("latent_cdm", mean_branch=dict(modes=2, width=4, layers=1, hidden=8), **MULTI)
+    terms = model.terms(w, h)
+    assert set(terms) == {"mean", "recon_h", "recon_w", "moment", "score"}
+    model.zero_grad(set_to_none=True)
+    terms["recon_h"].backward()  # the residual's target is detached from the mean branch
+    assert all(p.grad is None for p in model.mean.parameters())
+    model.zero_grad(set_to_none=True)
+    terms = model.terms(w, h)
+    terms["mean"].backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.mean.parameters()) > 0
+    with torch.no_grad():  # a draw is the mean plus a decoded residual
+        torch.nn.init.zeros_(model.dec_h.net[-1].weight)
+        torch.nn.init.zeros_(model.dec_h.net[-1].bias)
+        torch.testing.assert_close(model.predict(w, torch.Generator().manual_seed(0)), model.mean(w))
+    with pytest.raises(ValueError, match="mean_branch"):
+        build_model("latent_cdm", mean_branch={"depth": 2}, **TINY)
 
 
 def test_two_phase_trains_the_autoencoder_then_only_the_score_network():
