@@ -32,3 +32,14 @@ def test_config_file_round_trip(tmp_path):
 def test_bad_values_are_clear_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_train_config(None, overrides)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("train_*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_training_config_builds_its_model(path):
+    """A key the model does not take (a typo, a renamed argument) fails here, not in a user's first run."""
+    from latent.models import build_model
+
+    cfg = load_train_config(path, {})
+    assert path.stem == f"train_{cfg.closure}"
+    model = build_model(cfg.model.name, **cfg.model.kwargs)
+    assert sum(p.numel() for p in model.parameters()) > 0
