@@ -6,7 +6,8 @@
 #   bash benchmarks/e2_closures.sh [64|32 ...]     # default: both grids; resumable step by step
 # CPU departures: 400 training pairs per grid (4 trajectories x 100), tens of epochs, ensembles of 4.
 # The measured CPU run trained and evaluated fno, latent_cdm and latent_cdm@multi (4-channel latents of
-# the closure and the state: as many numbers as the field); E2_ALL=1 adds latent_cdm_two_phase and
+# the closure and the state: as many numbers as the field) and latent_cdm@mean (the same with a mean branch;
+# trained and evaluated apart, then merged into the published tables); E2_ALL=1 adds latent_cdm_two_phase and
 # p_cdm (p_cdm's long run: 2 500 steps, its sampling costs ~1 s per call).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +29,14 @@ for n in ${GRIDS[@]}; do
     train latent_cdm runs/e2_les${n}/latent_cdm --set epochs=40 --set model.kwargs.modes=$modes --set model.kwargs.levels=1
     train latent_cdm runs/e2_les${n}/latent_cdm_multi --set epochs=40 --set model.kwargs.modes=$modes \
         --set model.kwargs.levels=1 --set model.kwargs.latent_channels=4 --set model.kwargs.cond_channels=4
-    closures=(none smagorinsky leith dsmag fno latent_cdm latent_cdm@multi)
+    # the same with a mean branch: an FNO for E[-Pi | w], the latent diffusion on the residual
+    train latent_cdm runs/e2_les${n}/latent_cdm_mean --set epochs=40 --set model.kwargs.modes=$modes \
+        --set model.kwargs.levels=1 --set model.kwargs.latent_channels=4 --set model.kwargs.cond_channels=4 \
+        --set "model.kwargs.mean_branch={modes: 12, width: 24, layers: 4, hidden: 64}"
+    closures=(none smagorinsky leith dsmag fno latent_cdm latent_cdm@multi latent_cdm@mean)
     ck=(--checkpoint fno=runs/e2_les${n}/fno/best.pt --checkpoint latent_cdm=runs/e2_les${n}/latent_cdm/best.pt
-        --checkpoint latent_cdm@multi=runs/e2_les${n}/latent_cdm_multi/best.pt)
+        --checkpoint latent_cdm@multi=runs/e2_les${n}/latent_cdm_multi/best.pt
+        --checkpoint latent_cdm@mean=runs/e2_les${n}/latent_cdm_mean/best.pt)
     if [ "${E2_ALL:-0}" = 1 ]; then
         train latent_cdm_two_phase runs/e2_les${n}/latent_cdm_two_phase --set epochs=40 \
             --set model.kwargs.modes=$modes --set model.kwargs.levels=1 --set model.kwargs.ae_epochs=20
