@@ -10,7 +10,8 @@ coarse vorticity ``w`` (both ``(batch, x, y)``, normalised) with a VE SDE
   ``10 recon(H) + 0.1 recon(w) + 0.1 score + 0.01 moment(z_H)``, the score gradient reaching both
   encoders (L-CDM, joint); optionally ``+ w_decoded |dec_H(D(z_H + sigma e)) - H|^2``, the decoded
   denoiser's error in physical space at the samplers' noise levels (``D``: :func:`~latent.diffusion.denoised`),
-  so that the score network's latent errors shape the decoder (off by default: E1's loss); optionally
+  so that the score network's latent errors shape the decoder (off by default: E1's loss; no gain measured on
+  the E2 32^2 small data, benchmarks/README.md); optionally
   (``mean_branch``) a deterministic FNO predicts ``E[H | w]`` (``+ w_mean |m(w) - H|^2``) and the
   autoencoder and diffusion model the residual ``H - m(w)``, a draw being ``m(w) + dec_H(z)`` (regression
   plus diffusion residual, as CorrDiff, Mardani et al. 2023; off by default);
