@@ -15,7 +15,7 @@ import numpy as np
 from solvers.figures import _figure, save_figure
 from solvers.io import atomic_write_text
 
-from .statistics import spectrum_error
+from .statistics import band_spectrum_error
 
 __all__ = ["write_report", "load_results", "merge_results", "markdown_table", "long_run_table"]
 
@@ -104,7 +104,7 @@ def long_run_table(results: dict) -> str:
         lr = dict(r["long_run"])
         if "spectrum_error_band" not in lr:  # results written before the band metric: from the stored spectra
             lr["spectrum_error_band"] = (math.nan if lr.get("spectrum") is None or ref is None else
-                                         spectrum_error(lr["spectrum"], ref, (2 * (len(ref) - 1)) // 3 + 1, len(ref) - 1))
+                                         band_spectrum_error(lr["spectrum"], ref))
         cells = [name] + [f"{lr[k]:.3g}" for k in ("spectrum_error", "spectrum_error_band", "energy_rel_err",
                                                    "enstrophy_rel_err", "pdf_wasserstein")]
         cells += [f"{lr['spread_skill']:.3g}" if lr["members"] > 1 else "—", f"{lr['steps_run']}/{lr['steps']}",

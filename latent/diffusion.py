@@ -63,12 +63,19 @@ def dsm_loss(score: ScoreFn, x0: torch.Tensor, sde: VESDE, generator=None) -> to
     Weighted by ``sigma(t)^2`` (Song et al.'s likelihood-free weighting), so every noise level
     contributes O(1). Its minimiser is the true score of the noised data.
     """
-    b = x0.shape[0]
-    u = torch.rand(b, device=x0.device, dtype=x0.dtype, generator=generator if isinstance(generator, torch.Generator) else None)
-    t = sde.t_min + (1 - sde.t_min) * u
+    x_t, t, sigma, z = _noised(x0, sde, sde.t_min, 1.0, generator)
+    return ((sigma * score(x_t, t) + z) ** 2).mean()
+
+
+def _noised(x0: torch.Tensor, sde: VESDE, lo: float, hi: float, generator=None):
+    """``(x_t, t, sigma, z)``: one ``t ~ U(lo, hi)`` per batch row, ``x_t = x0 + sigma(t) z`` (``sigma`` and ``z``
+    shaped like ``x0``)."""
+    u = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype,
+                   generator=generator if isinstance(generator, torch.Generator) else None)
+    t = lo + (hi - lo) * u
     z = normal_like(x0, generator)
     sigma = _expand(sde.sigma(t), x0)
-    return ((sigma * score(x0 + sigma * z, t) + z) ** 2).mean()
+    return x0 + sigma * z, t, sigma, z
 
 
 def denoised(score: ScoreFn, x0: torch.Tensor, sde: VESDE, t_range: tuple[float, float] = (1e-3, 0.4),
@@ -80,11 +87,7 @@ def denoised(score: ScoreFn, x0: torch.Tensor, sde: VESDE, t_range: tuple[float,
     lo, hi = t_range
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"t_range must satisfy 0 < lo <= hi <= 1, got {t_range}")
-    u = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype,
-                   generator=generator if isinstance(generator, torch.Generator) else None)
-    t = lo + (hi - lo) * u
-    sigma = _expand(sde.sigma(t), x0)
-    x_t = x0 + sigma * normal_like(x0, generator)
+    x_t, t, sigma, _ = _noised(x0, sde, lo, hi, generator)
     return x_t + sigma ** 2 * score(x_t, t)
 
 

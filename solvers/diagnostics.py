@@ -25,13 +25,19 @@ __all__ = [
 ]
 
 
-def _parseval(f_hat: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Mean of ``|f|^2`` over the box from rfft coefficients ``(..., n, n//2+1)`` (Parseval)."""
-    weight = torch.full(grid.spectral_shape, 2.0, dtype=grid.dtype, device=f_hat.device)
+def _half_plane_weight(grid: Grid, device) -> torch.Tensor:
+    """``(n, n//2+1)`` weights of the rfft half-plane: 2 for modes whose conjugate is not stored, 1 for the
+    self-conjugate columns (0 and, for even ``n``, the Nyquist)."""
+    weight = torch.full(grid.spectral_shape, 2.0, dtype=grid.dtype, device=device)
     weight[:, 0] = 1.0
     if grid.n % 2 == 0:
         weight[:, -1] = 1.0
-    return (weight * f_hat.abs() ** 2).sum(dim=(-2, -1))
+    return weight
+
+
+def _parseval(f_hat: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Mean of ``|f|^2`` over the box from rfft coefficients ``(..., n, n//2+1)`` (Parseval)."""
+    return (_half_plane_weight(grid, f_hat.device) * f_hat.abs() ** 2).sum(dim=(-2, -1))
 
 
 def energy(w: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -65,10 +71,7 @@ def cospectrum(a: torch.Tensor, b: torch.Tensor, grid: Grid) -> tuple[torch.Tens
 def _shell_sum(density: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
     """``(k, S)``: ``density`` ``(..., n, n//2+1)`` on the rfft half-plane, weighted for the missing
     conjugate half, summed over integer shells ``(n//2+1,)`` (modes past the last shell fold into it)."""
-    weight = torch.full(grid.spectral_shape, 2.0, dtype=grid.dtype, device=density.device)
-    weight[:, 0] = 1.0
-    weight[:, -1] = 1.0
-    density = weight * density
+    density = _half_plane_weight(grid, density.device) * density
     kmag = torch.sqrt(grid.k2) * grid.length / (2 * torch.pi)
     n_shells = grid.n // 2 + 1
     shell = torch.round(kmag).long().clamp(max=n_shells - 1).reshape(-1)
