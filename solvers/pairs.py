@@ -35,8 +35,9 @@ __all__ = ["LAYOUT", "LAYOUT_VERSION", "SPLITS", "PairData", "TrajectoryData", "
 
 LAYOUT, LAYOUT_VERSION = "closure-pairs", 2
 # Older layouts still read, by dataset kind. Version 2 changed only E2's target: -Pi is no longer
-# 2/3-dealiased (solvers.filters.les_closure_term), so version-1 E1 files are still valid.
-_STILL_VALID = {1: ("e1",)}
+# 2/3-dealiased (solvers.filters.les_closure_term), so version-1 E1 files and E3 files (trajectories,
+# no closure term: solvers.parametric) are still valid.
+_STILL_VALID = {1: ("e1", "e3")}
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 

@@ -106,6 +106,17 @@ def test_parametric_data_matches_a_direct_run_at_each_reynolds_number(tiny_data)
         load_parametric_config(DATA_CONFIG, ["reynolds={min: 100, max: 50}"])
 
 
+def test_version_1_e3_files_still_read(tiny_data, tmp_path):
+    """Layout 2 changed only E2's closure target; E3 files hold trajectories, so version 1 still reads."""
+    import shutil
+
+    old = tmp_path / "old.h5"
+    shutil.copy(tiny_data, old)
+    with h5py.File(old, "r+") as f:
+        f.attrs["layout_version"] = 1
+    np.testing.assert_array_equal(read_trajectories(old, "test").state, read_trajectories(tiny_data, "test").state)
+
+
 def test_training_runs_both_phases_and_checks_the_data(tiny_data, tmp_path, capsys):
     common = ["train", "--config", "configs/train_ld_ensf.yaml", "--data", str(tiny_data), "--quiet",
               "--epochs", "3", "--set", "batch_size=2", "--set", "model.kwargs={latent: 4, width: 4, modes: 6, "
