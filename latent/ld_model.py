@@ -22,6 +22,11 @@ the normalised parameter, with a variance (Gaussian NLL, mean detached): these a
 latent observations and their noise. ``z_mean`` / ``z_std`` track the training frames' codes during
 phase 2 (first batch, then a moving average).
 
+``pod`` (off by default): encoder and decoder each get a linear path beside the nonlinear one, set
+before training to the POD of the training frames in the decoder's band (:meth:`LatentDynamicsModel.fit_data`),
+the nonlinear paths starting at zero: training starts from the best linear autoencoder of that size
+instead of from scratch (E3 data, 128 latents: the POD's relative error is 0.29).
+
 Training fields are rolled along ``x`` by a random whole number of steps per trajectory
 (``shifts = "x"``, a symmetry of the Kolmogorov flow). Parameters are normalised affinely, ``p = 2 (Re - lo) / (hi - lo) - 1`` over ``reynolds``.
 """
@@ -38,14 +43,17 @@ from solvers.symmetry import shift_fields
 
 from .latent_ode import LatentVectorField, rk4
 from .models import TrainableModel, check_trajectory_grid, register_model
+from .pod import fit_pod
 
 __all__ = ["LatentDynamicsModel", "SpectralDecoder", "PeriodicEncoder"]
 
 
 class PeriodicEncoder(nn.Module):
-    """``(batch, x, y) -> (batch, latent)``: stride-2 circular convolutions down to 4 x 4, then linear."""
+    """``(batch, x, y) -> (batch, latent)``: stride-2 circular convolutions down to 4 x 4, then linear.
+    ``linear``: plus a linear map of the whole field (a POD projection once :meth:`init_linear` has set it),
+    with the convolutional path starting at zero."""
 
-    def __init__(self, latent: int, width: int = 16, n: int = 64) -> None:
+    def __init__(self, latent: int, width: int = 16, n: int = 64, linear: bool = False) -> None:
         super().__init__()
         layers, channels = [], 1
         for i in range(max(1, int(math.log2(n // 4)))):
@@ -54,28 +62,69 @@ class PeriodicEncoder(nn.Module):
             channels = out
         self.convs = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))
         self.head = nn.Linear(channels * 16, latent)
+        self.linear = nn.Linear(n * n, latent) if linear else None
+        if linear:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    @torch.no_grad()
+    def init_linear(self, mean: torch.Tensor, rows: torch.Tensor) -> None:
+        """The linear path as ``z = rows (w - mean)``: ``mean`` ``(x*y,)``, ``rows`` ``(latent, x*y)``."""
+        self.linear.weight.copy_(rows)
+        self.linear.bias.copy_(-rows @ mean)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return self.head(self.convs(w[:, None]).flatten(1))
+        z = self.head(self.convs(w[:, None]).flatten(1))
+        return z if self.linear is None else z + self.linear(w.flatten(1))
 
 
 class SpectralDecoder(nn.Module):
     """``(batch, latent) -> (batch, n, n)``: an MLP gives the Fourier coefficients (real, imaginary) of
     ``|k_x|, |k_y| <= modes``, placed in an rfft array and inverted (``norm="forward"``: the
-    coefficients are the amplitudes)."""
+    coefficients are the amplitudes). ``linear``: plus a linear map of ``z`` to the same coefficients (POD
+    modes once :meth:`init_linear` has set it), with the MLP's output starting at zero."""
 
-    def __init__(self, latent: int, modes: int = 16, hidden: int = 256) -> None:
+    def __init__(self, latent: int, modes: int = 16, hidden: int = 256, linear: bool = False) -> None:
         super().__init__()
         self.modes = modes
         self.shape = (2 * modes + 1, modes + 1)
+        size = 2 * self.shape[0] * self.shape[1]
         self.net = nn.Sequential(nn.Linear(latent, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, 2 * self.shape[0] * self.shape[1]))
+                                 nn.Linear(hidden, size))
+        self.linear = nn.Linear(latent, size) if linear else None
+        if linear:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+
+    def coefficients(self, w: torch.Tensor) -> torch.Tensor:
+        """The decoder's output layout ``(batch, 2 (2 modes + 1) (modes + 1))`` of fields ``(batch, x, y)``: their
+        ``|k_x|, |k_y| <= modes`` amplitudes (the inverse of :meth:`spectrum` on band-limited fields)."""
+        n, m = w.shape[-1], self.modes
+        w_hat = torch.fft.rfft2(w, norm="forward")
+        block = torch.cat([w_hat[:, n - m:, :m + 1], w_hat[:, :m + 1, :m + 1]], dim=1)  # k_x = -m..m
+        return torch.stack([block.real, block.imag], 1).flatten(1)
+
+    def spectrum_of(self, w: torch.Tensor) -> torch.Tensor:
+        """The rfft2 array of fields ``w`` ``(batch, x, y)`` kept to the decoder's band ``|k_x|, |k_y| <= modes``."""
+        n, m = w.shape[-1], self.modes
+        w_hat = torch.fft.rfft2(w, norm="forward")
+        keep = torch.zeros_like(w_hat)
+        keep[:, :m + 1, :m + 1], keep[:, n - m:, :m + 1] = w_hat[:, :m + 1, :m + 1], w_hat[:, n - m:, :m + 1]
+        return keep
+
+    @torch.no_grad()
+    def init_linear(self, mean: torch.Tensor, modes: torch.Tensor) -> None:
+        """The linear path as ``w = mean + z @ modes``: band-limited fields ``mean`` ``(x, y)``, ``modes``
+        ``(latent, x, y)``."""
+        self.linear.weight.copy_(self.coefficients(modes).T)
+        self.linear.bias.copy_(self.coefficients(mean[None])[0])
 
     def spectrum(self, z: torch.Tensor, n: int) -> torch.Tensor:
         """The rfft2 (``norm="forward"``) array ``(batch, n, n // 2 + 1)`` of the decoded field."""
         if n < 2 * self.modes + 2:
             raise ValueError(f"a {n}^2 grid cannot hold the decoder's {self.modes} modes; use n >= {2 * self.modes + 2}")
-        c = self.net(z).reshape(-1, 2, *self.shape)
+        c = self.net(z) if self.linear is None else self.net(z) + self.linear(z)
+        c = c.reshape(-1, 2, *self.shape)
         c = torch.complex(c[:, 0], c[:, 1])
         out = torch.zeros(z.shape[0], n, n // 2 + 1, dtype=c.dtype, device=z.device)
         m = self.modes
@@ -114,7 +163,7 @@ class LatentDynamicsModel(TrainableModel):
                  ode_hidden: int = 128, ode_substeps: int = 4, lstm_hidden: int = 128, n: int = 64,
                  length: float = 2 * math.pi, frame_dt: float = 0.2, reynolds: tuple = (50.0, 150.0),
                  sensors: str = "regular:10x10", obs_noise: float = 0.1, window: int = 5,
-                 consistency: float = 0.1, dynamics_epochs: int = 60, shifts: str = "x") -> None:
+                 consistency: float = 0.1, dynamics_epochs: int = 60, shifts: str = "x", pod: bool = False) -> None:
         super().__init__()
         if not (latent >= 1 and window >= 2 and frame_dt > 0 and reynolds[0] < reynolds[1]):
             raise ValueError(f"need latent >= 1, window >= 2, frame_dt > 0, reynolds lo < hi; got {latent}, "
@@ -128,8 +177,9 @@ class LatentDynamicsModel(TrainableModel):
         from solvers.grid import Grid
 
         self.register_buffer("positions", parse_sensors(sensors, Grid(n, length, dtype=torch.float64)).float())
-        self.encoder = PeriodicEncoder(latent, width, n)
-        self.decoder = SpectralDecoder(latent, modes, hidden)
+        self.pod = bool(pod)
+        self.encoder = PeriodicEncoder(latent, width, n, linear=self.pod)
+        self.decoder = SpectralDecoder(latent, modes, hidden, linear=self.pod)
         self.field = LatentVectorField(latent, 1, ode_hidden)
         self.observer = ObservationEncoder(len(self.positions), latent + 1, lstm_hidden)
         self.register_buffer("z_mean", torch.zeros(latent))
@@ -192,6 +242,32 @@ class LatentDynamicsModel(TrainableModel):
         return sample_fields(flat, self.positions.to(w), self.length).to(w.dtype).reshape(*w.shape[:-2], -1)
 
     # ---- training ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def fit_data(self, state: torch.Tensor, target: torch.Tensor | None = None, frames: int = 4000) -> None:
+        """``pod``: start the autoencoder at the POD of the training frames (``state`` ``(batch, time, x, y)``,
+        at most ``frames`` of them, each rolled along ``shifts``) restricted to the decoder's band: the linear
+        paths of encoder and decoder project onto and sum the leading ``latent`` modes (coordinates in units
+        of their RMS amplitude), the nonlinear paths start at zero. No-op without ``pod``."""
+        if not self.pod:
+            return
+        flat = state.reshape(-1, *state.shape[-2:])
+        if flat.shape[-1] != self.n:
+            raise ValueError(f"the data's {flat.shape[-1]}^2 grid differs from model.kwargs.n = {self.n}; set "
+                             f"--set model.kwargs.n={flat.shape[-1]}")
+        pick = torch.linspace(0, len(flat) - 1, min(frames, len(flat)), device=flat.device).round().long()
+        g = torch.Generator().manual_seed(0)
+        snaps = shift_fields(flat[pick].detach().double().cpu(), self.shifts, g)
+        snaps = torch.fft.irfft2(self.decoder.spectrum_of(snaps), s=snaps.shape[-2:], norm="forward")
+        if len(snaps) < self.latent:
+            raise ValueError(f"{len(snaps)} training frames cannot give {self.latent} POD modes; lower "
+                             f"model.kwargs.latent or turn model.kwargs.pod off")
+        basis = fit_pod(snaps, self.latent)
+        scale = basis.energy.mean().sqrt()
+        mean, modes = basis.mean.reshape(self.n, self.n), basis.modes.reshape(-1, self.n, self.n)
+        dtype = self.encoder.head.weight.dtype
+        self.encoder.init_linear(basis.mean.to(dtype), (basis.modes / scale).to(dtype))
+        self.decoder.init_linear(mean.to(dtype), (modes * scale).to(dtype))
 
     def begin_epoch(self, epoch: int) -> bool:
         phase = 1 if epoch < self.dynamics_epochs else 2

@@ -74,6 +74,35 @@ def test_decoder_is_band_limited_and_answers_any_coordinate():
     assert torch.allclose(model.query(z, q), direct, atol=1e-10)
 
 
+def test_pod_option_starts_the_autoencoder_at_the_band_limited_pod():
+    """With ``pod``, ``fit_data`` makes decode(encode(w)) the projection of w's band-limited part onto the
+    leading POD modes of the (shifted) training frames: exact on a field in their span, orthogonal
+    residual otherwise; the output stays band-limited and the nonlinear paths start at zero."""
+    torch.manual_seed(1)
+    n, m, latent = 32, 6, 5
+    k = torch.fft.fftfreq(n, 1 / n).abs()
+    band = ((k[:, None] <= m) & (torch.arange(n // 2 + 1)[None, :] <= m)).double()
+    def smooth(count):  # band-limited random fields
+        return torch.fft.irfft2(torch.randn(count, n, n // 2 + 1, dtype=torch.complex128) * band, s=(n, n))
+    model = tiny_model(n=n, latent=latent, modes=m, pod=True, shifts="none").double()
+    assert not model.decoder.net[-1].weight.detach().any() and not model.encoder.head.weight.detach().any()
+    basis_fields = smooth(latent)  # the training frames span a 5-dimensional affine space
+    coeff = torch.randn(3, 10, latent, dtype=torch.float64)
+    train = 0.3 + torch.einsum("btl,lxy->btxy", coeff, basis_fields)
+    model.fit_data(train, torch.zeros(3, 1))
+    inside = 0.3 + torch.einsum("bl,lxy->bxy", torch.randn(4, latent, dtype=torch.float64), basis_fields)
+    assert torch.allclose(model.predict(inside), inside, atol=1e-9)
+    outside = smooth(4) + 0.3
+    recon = model.predict(outside)
+    residual = (outside - recon).flatten(1)
+    span = (basis_fields.flatten(1)).T  # residual is orthogonal to the modes' span
+    assert float((residual @ span).abs().max()) < 1e-8 * float(residual.norm() * span.norm())
+    spectrum = torch.fft.rfft2(model.decode(torch.randn(2, latent, dtype=torch.float64))).abs()
+    assert spectrum[:, band == 0].max() < 1e-10 * spectrum.max()
+    with pytest.raises(ValueError, match="grid differs"):
+        model.fit_data(torch.zeros(1, 2, 16, 16), None)
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """4 trajectories x 4 frames of a 32^2 Kolmogorov flow, Re ~ U(50, 150)."""
