@@ -18,7 +18,6 @@ from latent.models import build_model
 from solvers import Grid, NavierStokes2D
 from solvers.forcing import kolmogorov_forcing
 from solvers.initial_conditions import band_limited
-from solvers.observation import sample_fields
 from solvers.pairs import read_trajectories
 from solvers.parametric import load_parametric_config
 from solvers.rollout import rollout
