@@ -22,7 +22,7 @@ the normalised parameter, with a variance (Gaussian NLL, mean detached): these a
 latent observations and their noise. ``z_mean`` / ``z_std`` track the training frames' codes during
 phase 2 (first batch, then a moving average).
 
-``pod`` (off by default): encoder and decoder each get a linear path beside the nonlinear one, set
+``pod`` (off by default): encoder and decoder each get a fixed linear path beside the nonlinear one, set
 before training to the POD of the training frames in the decoder's band (:meth:`LatentDynamicsModel.fit_data`),
 the nonlinear paths starting at zero: training starts from the best linear autoencoder of that size
 instead of from scratch (E3 data, 128 latents: the POD's relative error is 0.29).
@@ -50,8 +50,8 @@ __all__ = ["LatentDynamicsModel", "SpectralDecoder", "PeriodicEncoder"]
 
 class PeriodicEncoder(nn.Module):
     """``(batch, x, y) -> (batch, latent)``: stride-2 circular convolutions down to 4 x 4, then linear.
-    ``linear``: plus a linear map of the whole field (a POD projection once :meth:`init_linear` has set it),
-    with the convolutional path starting at zero."""
+    ``linear``: plus a fixed linear map of the whole field (buffers: a POD projection once :meth:`init_linear`
+    has set it), with the convolutional path starting at zero."""
 
     def __init__(self, latent: int, width: int = 16, n: int = 64, linear: bool = False) -> None:
         super().__init__()
@@ -62,27 +62,29 @@ class PeriodicEncoder(nn.Module):
             channels = out
         self.convs = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))
         self.head = nn.Linear(channels * 16, latent)
-        self.linear = nn.Linear(n * n, latent) if linear else None
+        self.linear = bool(linear)
         if linear:
+            self.register_buffer("linear_weight", torch.zeros(latent, n * n))
+            self.register_buffer("linear_bias", torch.zeros(latent))
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
     @torch.no_grad()
     def init_linear(self, mean: torch.Tensor, rows: torch.Tensor) -> None:
         """The linear path as ``z = rows (w - mean)``: ``mean`` ``(x*y,)``, ``rows`` ``(latent, x*y)``."""
-        self.linear.weight.copy_(rows)
-        self.linear.bias.copy_(-rows @ mean)
+        self.linear_weight.copy_(rows)
+        self.linear_bias.copy_(-rows @ mean)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         z = self.head(self.convs(w[:, None]).flatten(1))
-        return z if self.linear is None else z + self.linear(w.flatten(1))
+        return z + F.linear(w.flatten(1), self.linear_weight, self.linear_bias) if self.linear else z
 
 
 class SpectralDecoder(nn.Module):
     """``(batch, latent) -> (batch, n, n)``: an MLP gives the Fourier coefficients (real, imaginary) of
     ``|k_x|, |k_y| <= modes``, placed in an rfft array and inverted (``norm="forward"``: the
-    coefficients are the amplitudes). ``linear``: plus a linear map of ``z`` to the same coefficients (POD
-    modes once :meth:`init_linear` has set it), with the MLP's output starting at zero."""
+    coefficients are the amplitudes). ``linear``: plus a fixed linear map of ``z`` to the same coefficients
+    (buffers: POD modes once :meth:`init_linear` has set them), with the MLP's output starting at zero."""
 
     def __init__(self, latent: int, modes: int = 16, hidden: int = 256, linear: bool = False) -> None:
         super().__init__()
@@ -91,8 +93,10 @@ class SpectralDecoder(nn.Module):
         size = 2 * self.shape[0] * self.shape[1]
         self.net = nn.Sequential(nn.Linear(latent, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, size))
-        self.linear = nn.Linear(latent, size) if linear else None
+        self.linear = bool(linear)
         if linear:
+            self.register_buffer("linear_weight", torch.zeros(size, latent))
+            self.register_buffer("linear_bias", torch.zeros(size))
             nn.init.zeros_(self.net[-1].weight)
             nn.init.zeros_(self.net[-1].bias)
 
@@ -116,14 +120,14 @@ class SpectralDecoder(nn.Module):
     def init_linear(self, mean: torch.Tensor, modes: torch.Tensor) -> None:
         """The linear path as ``w = mean + z @ modes``: band-limited fields ``mean`` ``(x, y)``, ``modes``
         ``(latent, x, y)``."""
-        self.linear.weight.copy_(self.coefficients(modes).T)
-        self.linear.bias.copy_(self.coefficients(mean[None])[0])
+        self.linear_weight.copy_(self.coefficients(modes).T)
+        self.linear_bias.copy_(self.coefficients(mean[None])[0])
 
     def spectrum(self, z: torch.Tensor, n: int) -> torch.Tensor:
         """The rfft2 (``norm="forward"``) array ``(batch, n, n // 2 + 1)`` of the decoded field."""
         if n < 2 * self.modes + 2:
             raise ValueError(f"a {n}^2 grid cannot hold the decoder's {self.modes} modes; use n >= {2 * self.modes + 2}")
-        c = self.net(z) if self.linear is None else self.net(z) + self.linear(z)
+        c = self.net(z) + F.linear(z, self.linear_weight, self.linear_bias) if self.linear else self.net(z)
         c = c.reshape(-1, 2, *self.shape)
         c = torch.complex(c[:, 0], c[:, 1])
         out = torch.zeros(z.shape[0], n, n // 2 + 1, dtype=c.dtype, device=z.device)

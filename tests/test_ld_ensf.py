@@ -85,6 +85,7 @@ def test_pod_option_starts_the_autoencoder_at_the_band_limited_pod():
         return torch.fft.irfft2(torch.randn(count, n, n // 2 + 1, dtype=torch.complex128) * band, s=(n, n))
     model = tiny_model(n=n, latent=latent, modes=m, pod=True, shifts="none").double()
     assert not model.decoder.net[-1].weight.detach().any() and not model.encoder.head.weight.detach().any()
+    assert not any("linear" in name for name, _ in model.named_parameters())  # fixed: buffers, not trained
     basis_fields = smooth(latent)  # the training frames span a 5-dimensional affine space
     coeff = torch.randn(3, 10, latent, dtype=torch.float64)
     train = 0.3 + torch.einsum("btl,lxy->btxy", coeff, basis_fields)
