@@ -103,6 +103,22 @@ def test_pod_option_starts_the_autoencoder_at_the_band_limited_pod():
         model.fit_data(torch.zeros(1, 2, 16, 16), None)
 
 
+def test_observer_loss_weighs_the_parameter_by_param_weight():
+    """Phase 2's loss: latent MSE (mean over components) + param_weight x the parameter's MSE + the NLL."""
+    w, re = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([[60.0], [140.0]], dtype=torch.float64)
+    losses = []
+    for weight in (1.0, 5.0):
+        model = tiny_model(param_weight=weight, shifts="none").double()
+        model.begin_epoch(5)  # phase 2
+        torch.manual_seed(3)
+        total, terms = model.loss(w, re)
+        losses.append((float(total), terms))
+    (l1, t1), (l5, t5) = losses
+    assert float(t1["re_mse"]) > 0 and float(t1["re_mse"]) == float(t5["re_mse"])
+    assert l1 == pytest.approx(float(t1["mse"] + t1["re_mse"] + t1["nll"]), rel=1e-12)
+    assert l5 - l1 == pytest.approx(4 * float(t1["re_mse"]), rel=1e-9)
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """4 trajectories x 4 frames of a 32^2 Kolmogorov flow, Re ~ U(50, 150)."""
