@@ -111,13 +111,10 @@ class SpectralDecoder(nn.Module):
         block = torch.cat([w_hat[:, n - m:, :m + 1], w_hat[:, :m + 1, :m + 1]], dim=1)  # k_x = -m..m
         return torch.stack([block.real, block.imag], 1).flatten(1)
 
-    def spectrum_of(self, w: torch.Tensor) -> torch.Tensor:
-        """The rfft2 array of fields ``w`` ``(batch, x, y)`` kept to the decoder's band ``|k_x|, |k_y| <= modes``."""
-        n, m = w.shape[-1], self.modes
-        w_hat = torch.fft.rfft2(w, norm="forward")
-        keep = torch.zeros_like(w_hat)
-        keep[:, :m + 1, :m + 1], keep[:, n - m:, :m + 1] = w_hat[:, :m + 1, :m + 1], w_hat[:, n - m:, :m + 1]
-        return keep
+    def band_limit(self, w: torch.Tensor) -> torch.Tensor:
+        """Fields ``w`` ``(batch, x, y)`` kept to the decoder's band ``|k_x|, |k_y| <= modes``."""
+        n = w.shape[-1]
+        return torch.fft.irfft2(self._place(self.coefficients(w), n), s=(n, n), norm="forward")
 
     @torch.no_grad()
     def init_linear(self, mean: torch.Tensor, modes: torch.Tensor) -> None:
@@ -131,9 +128,13 @@ class SpectralDecoder(nn.Module):
         if n < 2 * self.modes + 2:
             raise ValueError(f"a {n}^2 grid cannot hold the decoder's {self.modes} modes; use n >= {2 * self.modes + 2}")
         c = self.net(z) + F.linear(z, self.linear_weight, self.linear_bias) if self.linear else self.net(z)
+        return self._place(c, n)
+
+    def _place(self, c: torch.Tensor, n: int) -> torch.Tensor:
+        """Output-layout coefficients ``(batch, 2 (2 modes + 1) (modes + 1))`` as an rfft2 array ``(batch, n, n // 2 + 1)``."""
         c = c.reshape(-1, 2, *self.shape)
         c = torch.complex(c[:, 0], c[:, 1])
-        out = torch.zeros(z.shape[0], n, n // 2 + 1, dtype=c.dtype, device=z.device)
+        out = torch.zeros(c.shape[0], n, n // 2 + 1, dtype=c.dtype, device=c.device)
         m = self.modes
         out[:, :m + 1, :m + 1] = c[:, m:]  # k_x = 0..m
         out[:, n - m:, :m + 1] = c[:, :m]  # k_x = -m..-1
@@ -267,7 +268,7 @@ class LatentDynamicsModel(TrainableModel):
         pick = torch.linspace(0, len(flat) - 1, min(frames, len(flat)), device=flat.device).round().long()
         g = torch.Generator().manual_seed(0)
         snaps = shift_fields(flat[pick].detach().double().cpu(), self.shifts, g)
-        snaps = torch.fft.irfft2(self.decoder.spectrum_of(snaps), s=snaps.shape[-2:], norm="forward")
+        snaps = self.decoder.band_limit(snaps)
         if len(snaps) < self.latent:
             raise ValueError(f"{len(snaps)} training frames cannot give {self.latent} POD modes; lower "
                              f"model.kwargs.latent or turn model.kwargs.pod off")

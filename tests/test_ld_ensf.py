@@ -3,6 +3,7 @@ filter (joint state + parameter estimation) and the hybrid plug-in."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import h5py
 import numpy as np
@@ -153,8 +154,6 @@ def test_parametric_data_matches_a_direct_run_at_each_reynolds_number(tiny_data)
 
 def test_version_1_e3_files_still_read(tiny_data, tmp_path):
     """Layout 2 changed only E2's closure target; E3 files hold trajectories, so version 1 still reads."""
-    import shutil
-
     old = tmp_path / "old.h5"
     shutil.copy(tiny_data, old)
     with h5py.File(old, "r+") as f:
