@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed of the initial draws and the members' prior Re")
     p.add_argument("--guidance", default="tweedie", help="LD-EnSF likelihood guidance: damped (paper) or tweedie")
     p.add_argument("--inject", default="increment", help="LD-EnSF hybrid: increment or replace")
+    p.add_argument("--observation", default="lstm", choices=["lstm", "sensors"],
+                   help="LD-EnSF's state observation: the LSTM's latent (paper) or the sensors through the decoder")
+    p.add_argument("--representation-error", type=float, default=0.3,
+                   help="LD-EnSF --observation sensors: decoder error std at a sensor (normalised units)")
+    p.add_argument("--kernel", type=float, default=0.0,
+                   help="LD-EnSF: Gaussian kernel std around each member in the EnSF prior (standardised latent)")
     p.add_argument("--fixed-reynolds", action="store_true", help="physical-space filters keep the members' prior Re "
                    "(default: they estimate it jointly, closure.options.reynolds_prior)")
     p.add_argument("--json", type=Path, default=RESULTS / "ld_ensf_twin.json", help="results file")
@@ -75,6 +81,12 @@ def _prior(cfg, members: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     lo, hi = cfg.reynolds.min, cfg.reynolds.max
     return lo + (hi - lo) * torch.rand(members, generator=g, dtype=torch.float64)
+
+
+def _filter_options(args) -> dict:
+    """LD-EnSF's observation options (both modes)."""
+    return dict(observation=args.observation, sensor_noise=args.noise, representation_error=args.representation_error,
+                kernel=args.kernel)
 
 
 def run_truth(args, cfg, truth: torch.Tensor, reynolds: float, model_path: str, folder: Path) -> dict:
@@ -103,14 +115,14 @@ def run_truth(args, cfg, truth: torch.Tensor, reynolds: float, model_path: str, 
             readings = torch.stack([norm.state(obs.at(t).y.float()) for t in times])
             gen = torch.Generator().manual_seed(args.seed)
             means, res, secs = run_latent(model, readings, times, norm.state(flow.w0.float()), gen,
-                                          guidance=args.guidance)
+                                          guidance=args.guidance, **_filter_options(args))
             fields = means.double() * norm.state_std + norm.state_mean
             rel = ((fields - truth64).pow(2).mean((-2, -1)).sqrt() / scale).numpy()
             out[method] = {"rel": rel.tolist(), "reynolds": res.mean(1).tolist(), "s_per_cycle": float(np.median(secs[1:]))}
             continue
         options = dict(OPTIONS.get(method, {}))
         if method == "ld_ensf":
-            options.update(checkpoint=model_path, guidance=args.guidance, inject=args.inject)
+            options.update(checkpoint=model_path, guidance=args.guidance, inject=args.inject, **_filter_options(args))
         elif method != "none" and not args.fixed_reynolds:
             options.update(reynolds_prior=[cfg.reynolds.min, cfg.reynolds.max])
         plugin = None

@@ -9,9 +9,11 @@ updates codes and Reynolds numbers together. The analysis goes back into the sol
   increment only, so the scales the decoder cannot represent are kept from the solver;
 - ``inject = "replace"``: ``w <- w + nudge (decode(z_a) - w)``;
 
-and, with ``estimate_reynolds`` (default), each member continues at its analysed viscosity
-``1 / Re``. The first call draws the members' Re from the model's prior range. The pure-latent mode
-(no solver) is :func:`latent.ld_ensf.run_latent` (``benchmarks/ld_ensf_twin.py``).
+``observation = "sensors"``: the analysis sees the sensor readings through the linearised decoder
+instead of the LSTM's latent estimate, ``kernel`` dresses the members in Gaussians (:mod:`latent.ld_ensf`);
+and, with ``estimate_reynolds`` (default), each member continues at its analysed viscosity ``1 / Re``.
+The first call draws the members' Re from the model's prior range. The pure-latent mode (no solver) is
+:func:`latent.ld_ensf.run_latent` (``benchmarks/ld_ensf_twin.py``).
 The log is the assimilation plug-ins' plus ``reynolds`` (ensemble mean) and ``reynolds_spread``.
 """
 from __future__ import annotations
@@ -40,7 +42,9 @@ class LDEnSF(Assimilation):
     def __init__(self, grid, equation, observations=None, nudge: float = 1.0, checkpoint: str | None = None,
                  device=None, inject: str = "increment", estimate_reynolds: bool = True, steps: int = 100,
                  eps_alpha: float = 0.01, eps_beta: float = 0.0, clip: float | None = None,
-                 guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02) -> None:
+                 guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02,
+                 observation: str = "lstm", sensor_noise: float | None = None,
+                 representation_error: float = 0.3, kernel: float = 0.0) -> None:
         super().__init__(grid, equation, observations, nudge)
         from .learned import load_plugin_model
 
@@ -53,7 +57,9 @@ class LDEnSF(Assimilation):
         self.norm, self.checkpoint = ckpt.normalization, str(checkpoint)
         self.inject, self.estimate_reynolds = inject, bool(estimate_reynolds)
         self.filter_options = dict(steps=int(steps), eps_alpha=float(eps_alpha), eps_beta=float(eps_beta), clip=clip,
-                                   guidance=guidance, inflation=float(inflation), param_jitter=float(param_jitter))
+                                   guidance=guidance, inflation=float(inflation), param_jitter=float(param_jitter),
+                                   observation=observation, sensor_noise=sensor_noise,
+                                   representation_error=float(representation_error), kernel=float(kernel))
         self.filter = None
         self.last_t: float | None = None
         self.history.update(reynolds=[], reynolds_spread=[])
@@ -86,7 +92,7 @@ class LDEnSF(Assimilation):
             self.filter.jitter_parameters()
         self.last_t = obs.t
         forecast = self.filter.fields(n)
-        self.filter.analysis(*self.filter.observe(norm.state(obs.y.to(self.device, torch.float32))))
+        self.filter.assimilate(norm.state(obs.y.to(self.device, torch.float32)))
         analysed = self.filter.fields(n)
         base = forecast if self.inject == "increment" else w
         new = w + (analysed - base)  # the base class moves the state the fraction nudge of the way
@@ -112,4 +118,5 @@ class LDEnSF(Assimilation):
         return save_example_checkpoint(path, cls.name, model, grid, equation)
 
     def describe(self) -> str:
-        return f"{super().describe()}, checkpoint {self.checkpoint}, inject {self.inject}"
+        return (f"{super().describe()}, checkpoint {self.checkpoint}, inject {self.inject}, "
+                f"observation {self.filter_options['observation']}")

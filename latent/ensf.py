@@ -25,6 +25,16 @@ Measured limitation (physical space, few members): on the 32^2 twin of ``tests/t
 relative error 0.94-0.95 against 1.01; EnKF and LETKF reach < 0.4). The mixture weights are one-hot
 in high dimension, so as ``beta_t -> 0`` the prior score pins every particle to a forecast member and
 outweighs the damped likelihood; this is why LD-EnSF filters in a small latent space.
+
+``kernel`` (a standard deviation ``sigma``, scalar or per component ``(dim,)``; off by default) dresses each
+member in a Gaussian ``N(x0_j, diag(sigma^2))``: the prior is a kernel density estimate instead of the
+members themselves. Diffused, component ``j`` is ``N(alpha x0_j, b)`` with ``b = beta_t^2 + alpha_t^2 sigma^2``,
+so the mixture score and weights above hold with ``b`` in place of ``beta_t^2``, and the Tweedie mean and
+covariance gain the kernel's share (:func:`tweedie_likelihood_score`). With ``sigma = 0`` the analysis is
+confined near the span of the members (``members - 1`` directions: too few when the state has 128
+latent components and the ensemble 20); the kernel lets the likelihood move the analysis in every
+direction by about ``sigma`` (LD-EnSF, where the standardised latent's climatological covariance is ``I``).
+A single member with a kernel is a Gaussian prior, whose Kalman posterior ``tests/test_ensf.py`` checks.
 """
 from __future__ import annotations
 
@@ -47,31 +57,54 @@ def schedule(t: float, eps_alpha: float, eps_beta: float) -> tuple[float, float,
     return alpha, beta2, f, (1 - eps_beta) - 2 * f * beta2
 
 
+def _kernel_variance(beta2: float, alpha: float, k2: torch.Tensor | None):
+    """``b = beta^2 + alpha^2 sigma^2`` (scalar without a kernel, else ``(dim,)``)."""
+    return beta2 if k2 is None else beta2 + alpha ** 2 * k2
+
+
 def posterior_weights(x: torch.Tensor, x0: torch.Tensor, alpha: float, beta2: float,
-                      x0_sq: torch.Tensor | None = None) -> torch.Tensor:
+                      x0_sq: torch.Tensor | None = None, k2: torch.Tensor | None = None) -> torch.Tensor:
     """``p(x0_j | x_t = x)`` ``(particles, members)``: softmax of ``-|x - alpha x0_j|^2 / (2 beta^2)``, computed as
     the softmax of ``(2 alpha x . x0_j - alpha^2 |x0_j|^2) / (2 beta^2)`` (``|x|^2`` is the same for every ``j``);
-    ``x0_sq``: ``|x0_j|^2`` ``(members,)`` if already known."""
+    ``x0_sq``: ``|x0_j|^2`` ``(members,)`` if already known; ``k2``: the kernel's variances ``(dim,)`` (then
+    ``beta^2`` becomes ``b = beta^2 + alpha^2 k2`` per component)."""
+    if k2 is not None:
+        s = _kernel_variance(beta2, alpha, k2).rsqrt()
+        x, x0, x0_sq, beta2 = x * s, x0 * s, None, 1.0
     x0_sq = (x0 * x0).sum(1) if x0_sq is None else x0_sq
     return torch.softmax(torch.addmm(x0_sq, x, x0.T, beta=-alpha ** 2, alpha=2 * alpha) / (2 * beta2), dim=1)
 
 
 def prior_score(x: torch.Tensor, x0: torch.Tensor, alpha: float, beta2: float,
-                x0_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """Score ``(particles, dim)`` at ``x`` of the diffused ensemble ``x0`` ``(members, dim)`` (a Gaussian mixture)."""
-    return (alpha * posterior_weights(x, x0, alpha, beta2, x0_sq) @ x0 - x) / beta2
+                x0_sq: torch.Tensor | None = None, k2: torch.Tensor | None = None) -> torch.Tensor:
+    """Score ``(particles, dim)`` at ``x`` of the diffused ensemble ``x0`` ``(members, dim)`` (a Gaussian mixture;
+    ``k2``: kernel variances ``(dim,)``, module docstring)."""
+    b = _kernel_variance(beta2, alpha, k2)
+    return (alpha * posterior_weights(x, x0, alpha, beta2, x0_sq, k2) @ x0 - x) / b
 
 
-def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r) -> torch.Tensor:
+def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2=None) -> torch.Tensor:
     """``grad_x log N(y; H m, H C H^T + R)`` with ``m = E[x0 | x]``, ``C = Cov[x0 | x]`` under the ensemble
     mixture and ``dm/dx = alpha C / beta^2`` (``C`` held fixed): the exact diffused likelihood when the prior
-    is Gaussian, a training-free alternative to the damped ``h(t) grad log p(y | x)``."""
-    w = posterior_weights(x, x0, alpha, beta2)  # (particles, members)
+    is Gaussian, a training-free alternative to the damped ``h(t) grad log p(y | x)``.
+
+    With kernel variances ``k2`` ``(dim,)``: member ``j``'s posterior mean is ``c x0_j + alpha k2 / b x``
+    (``c = beta^2 / b``) and its covariance ``diag(k2 beta^2 / b)``, so ``C = sum_j w_j c^2 D_j D_j^T + diag(k2 c)``."""
+    w = posterior_weights(x, x0, alpha, beta2, None, k2)  # (particles, members)
     m = w @ x0
-    A = (x0 @ H.T)[None] - (m @ H.T)[:, None]  # H (x0_j - m): (particles, members, obs)
-    v = _solve_low_rank(w, A, r, y - m @ H.T)  # (H C H^T + R)^-1 (y - H m): (particles, obs)
-    D = x0[None] - m[:, None]  # (particles, members, dim)
-    return alpha / beta2 * torch.einsum("pj,pjd,pjo,po->pd", w, D, A, v)  # J^T H^T v, J = alpha C / beta^2
+    if k2 is None:
+        A = (x0 @ H.T)[None] - (m @ H.T)[:, None]  # H (x0_j - m): (particles, members, obs)
+        v = _solve_low_rank(w, A, r, y - m @ H.T)  # (H C H^T + R)^-1 (y - H m): (particles, obs)
+        D = x0[None] - m[:, None]  # (particles, members, dim)
+        return alpha / beta2 * torch.einsum("pj,pjd,pjo,po->pd", w, D, A, v)  # J^T H^T v, J = alpha C / beta^2
+    b = _kernel_variance(beta2, alpha, k2)
+    c, spread = beta2 / b, k2 * beta2 / b  # (dim,): the members' share, the kernel's posterior variance
+    D = (x0[None] - m[:, None]) * c  # (particles, members, dim): mu_j - E[x0 | x]
+    m = c * m + alpha * k2 / b * x
+    A = D @ H.T  # (particles, members, obs)
+    S = torch.einsum("pj,pjo,pjq->poq", w, A, A) + (H * spread) @ H.T + torch.diag(r)
+    v = torch.linalg.solve(S, (y - m @ H.T)[..., None])[..., 0]  # (particles, obs)
+    return alpha / beta2 * (torch.einsum("pj,pjd,pjo,po->pd", w, D, A, v) + spread * (v @ H))
 
 
 def _solve_low_rank(w: torch.Tensor, A: torch.Tensor, r: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -94,14 +127,16 @@ def _solve_low_rank(w: torch.Tensor, A: torch.Tensor, r: torch.Tensor, b: torch.
 
 def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.Tensor, generator=None,
                   steps: int = 100, eps_alpha: float = 0.05, eps_beta: float = 0.0, clip: float | None = None,
-                  particles: int | None = None, guidance: str = "damped") -> torch.Tensor:
+                  particles: int | None = None, guidance: str = "damped",
+                  kernel: float | torch.Tensor | None = None) -> torch.Tensor:
     """EnSF analysis ``(particles, dim)`` (default: as many as members) of the forecast ``x0`` ``(members, dim)``
     for observations ``y`` ``(obs,)`` of ``H`` ``(obs, dim)`` with noise variances ``r`` ``(obs,)``; ``H = None``:
     every component observed (``obs = dim``, LD-EnSF's latent observation), without the products by ``H``.
 
     ``guidance``: ``damped`` (the paper's ``h(t) grad log p(y | x_t)``, ``h = 1 - t``) or ``tweedie``
     (:func:`tweedie_likelihood_score`); ``generator``: a ``torch.Generator`` (all the pseudo-time noise drawn in
-    one call, in float32) or a per-member :class:`~solvers.random.MemberRNG` (then ``particles`` must equal the members)."""
+    one call, in float32) or a per-member :class:`~solvers.random.MemberRNG` (then ``particles`` must equal the
+    members); ``kernel``: each member's Gaussian kernel standard deviation, scalar or ``(dim,)`` (module docstring)."""
     if H is None:
         if y.shape[-1] != x0.shape[1]:
             raise ValueError(f"H = None observes every component: need {x0.shape[1]} observations, got {y.shape[-1]}")
@@ -113,6 +148,12 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
         raise ValueError(f"need steps >= 1, 0 < eps_alpha < 1, 0 <= eps_beta < 1; got {steps}, {eps_alpha}, {eps_beta}")
     m, dim = x0.shape
     particles = particles or m
+    k2 = None
+    if kernel is not None:
+        sigma = torch.as_tensor(kernel, dtype=x0.dtype, device=x0.device).expand(dim)
+        k2 = sigma ** 2
+        if not bool(torch.isfinite(sigma).all()) or bool((sigma < 0).any()):
+            raise ValueError(f"the EnSF kernel must be finite standard deviations >= 0; got {kernel}")
     like_x0 = torch.empty(particles, dim, dtype=x0.dtype, device=x0.device)
     if isinstance(generator, MemberRNG):  # each member's own stream, step by step
         draws = (normal_like(like_x0, generator) for _ in range(steps + 1))
@@ -120,20 +161,20 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
         draws = iter(torch.randn((steps + 1, particles, dim), generator=generator, dtype=torch.float32,  # 4x faster
                                  device=x0.device).to(x0.dtype))  # than float64 draws; ample for noise
     x, x0_sq, dt = next(draws), (x0 * x0).sum(1), 1.0 / steps
-    if guidance == "damped" and H is None and clip is None:
+    if guidance == "damped" and H is None and clip is None and k2 is None:
         return _damped_identity(x, x0, x0_sq, y, r, draws, steps, eps_alpha, eps_beta)
     for i in range(steps):
         t = 1.0 - i * dt
         alpha, beta2, f, g2 = schedule(t, eps_alpha, eps_beta)
         if guidance == "tweedie":
-            like = tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r)
+            like = tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2)
         elif H is None:
             like = (1 - t) * (y - x) / r
         else:
             like = (1 - t) * ((y - x @ H.T) / r) @ H
         if clip is not None:
             like = like.clamp(-clip, clip)
-        score = prior_score(x, x0, alpha, beta2, x0_sq) + like
+        score = prior_score(x, x0, alpha, beta2, x0_sq, k2) + like
         x = x - (f * x - g2 * score) * dt + math.sqrt(g2 * dt) * next(draws)
     return x
 

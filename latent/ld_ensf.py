@@ -12,6 +12,14 @@ parameter estimation). One cycle (:meth:`LatentFilter.cycle`):
 3. analysis: :func:`latent.ensf.ensf_analysis` (training-free mixture score, alpha/beta schedule,
    damped or Tweedie likelihood guidance) in ``latent + 1`` dimensions, which is why it is cheap.
 
+``observation = "sensors"`` replaces step 2's latent observation of ``u`` by the sensor readings themselves:
+the likelihood ``y ~ N(h(u), R)`` with ``h = sense o decode``, linearised at the forecast ensemble mean
+``u_bar`` (``y - h(u_bar) + J u_bar ~ J u``, ``J = dh/du`` ``(sensors, latent)`` by autograd: the decoder
+answers any coordinates), ``R = sensor_noise^2 + representation_error^2`` (the noise plus what the
+decoder cannot represent at a sensor). The LSTM still observes the parameter. This removes the LSTM's
+latent estimate (E3: decoded relative error 0.67-0.89) from the state update: the filter sees the
+sensors through the same decoder that produces the analysis.
+
 :class:`LatentFilter` is used two ways: *pure latent* (:func:`run_latent`: the ensemble lives only
 in latent space, decoded when a field is wanted; no solver) and *hybrid* (the ``ld_ensf`` plug-in in
 :mod:`closure.ld_ensf`: the forecast is the solver's, encoded each cycle, and the analysis goes back
@@ -23,7 +31,9 @@ import torch
 
 from .ensf import GUIDANCE, ensf_analysis
 
-__all__ = ["LatentFilter", "run_latent"]
+__all__ = ["LatentFilter", "run_latent", "OBSERVATIONS"]
+
+OBSERVATIONS = ("lstm", "sensors")
 
 
 class LatentFilter:
@@ -32,19 +42,33 @@ class LatentFilter:
     ``steps``, ``eps_alpha``, ``eps_beta``, ``clip``, ``guidance``: the EnSF analysis (E3: 100 steps,
     eps_alpha 0.01, damped ``h(t) = 1 - t``); ``inflation``: multiplicative, on the forecast anomalies;
     ``param_jitter``: standard deviation of the parameter's random walk per cycle (normalised units,
-    where the prior is U(-1, 1))."""
+    where the prior is U(-1, 1)); ``observation``: ``lstm`` (the LSTM's latent, the paper's) or ``sensors``
+    (module docstring) with ``sensor_noise`` (default: the model's ``obs_noise``) and ``representation_error``,
+    both standard deviations in normalised units; ``kernel``: the EnSF prior's Gaussian kernel on the latent
+    components (standardised units; :func:`latent.ensf.ensf_analysis`; the parameter gets none), so the
+    analysis can leave the span of the members."""
 
     def __init__(self, model, members: int, generator: torch.Generator | None = None, steps: int = 100,
                  eps_alpha: float = 0.01, eps_beta: float = 0.0, clip: float | None = None,
-                 guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02) -> None:
+                 guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02,
+                 observation: str = "lstm", sensor_noise: float | None = None,
+                 representation_error: float = 0.3, kernel: float = 0.0) -> None:
+        if observation not in OBSERVATIONS:
+            raise ValueError(f"unknown LD-EnSF observation {observation!r}; choose one of {list(OBSERVATIONS)}")
         if guidance not in GUIDANCE:
             raise ValueError(f"unknown EnSF guidance {guidance!r}; choose one of {list(GUIDANCE)}")
-        if members < 2 or inflation < 1 or param_jitter < 0:
-            raise ValueError(f"need members >= 2, inflation >= 1, param_jitter >= 0; got {members}, {inflation}, "
-                             f"{param_jitter}")
+        if members < 2 or inflation < 1 or param_jitter < 0 or kernel < 0:
+            raise ValueError(f"need members >= 2, inflation >= 1, param_jitter >= 0, kernel >= 0; got {members}, "
+                             f"{inflation}, {param_jitter}, {kernel}")
         self.model, self.members, self.generator = model, members, generator
         self.options = dict(steps=steps, eps_alpha=eps_alpha, eps_beta=eps_beta, clip=clip, guidance=guidance)
-        self.inflation, self.param_jitter = inflation, param_jitter
+        self.inflation, self.param_jitter, self.kernel = inflation, param_jitter, float(kernel)
+        self.observation = observation
+        noise = getattr(model, "obs_noise", 0.1) if sensor_noise is None else sensor_noise
+        if noise < 0 or representation_error < 0 or noise + representation_error == 0:
+            raise ValueError(f"need sensor_noise, representation_error >= 0, not both 0; got {noise}, "
+                             f"{representation_error}")
+        self.sensor_var = float(noise) ** 2 + float(representation_error) ** 2
         self.x: torch.Tensor | None = None
         self.lstm_state = None
         self.last_observation: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -91,20 +115,51 @@ class LatentFilter:
         return self.last_observation
 
     @torch.no_grad()
-    def analysis(self, mean: torch.Tensor, var: torch.Tensor) -> None:
-        """EnSF update of the ensemble with the latent observation ``mean`` ``(latent + 1,)`` of noise ``var``."""
+    def analysis(self, mean: torch.Tensor, var: torch.Tensor, H: torch.Tensor | None = None) -> None:
+        """EnSF update of the ensemble with observations ``mean`` of noise ``var`` ``(obs,)`` of ``H x``
+        ``(obs, latent + 1)``; ``H = None``: the LSTM's latent observation, every component observed."""
         x = self.x
         if self.inflation > 1:
             center = x.mean(0)
             x = center + self.inflation ** 0.5 * (x - center)
         gen = self.generator if self.generator is None or self.generator.device == x.device else None
-        self.x = ensf_analysis(x, mean, None, var, gen, **self.options)  # H = I: every latent component observed
+        kernel = None
+        if self.kernel > 0:  # the latent components only
+            kernel = torch.full((x.shape[1],), self.kernel, dtype=x.dtype, device=x.device)
+            kernel[-1] = 0.0
+        self.x = ensf_analysis(x, mean, H, var, gen, kernel=kernel, **self.options)
+
+    def sensor_likelihood(self, readings: torch.Tensor, lstm: tuple[torch.Tensor, torch.Tensor]):
+        """The linearised sensor observation (module docstring) of normalised ``readings`` ``(sensors,)``
+        joined to the LSTM's observation of the parameter: ``(y, var, H)`` for :meth:`analysis`."""
+        m = self.model
+        u_bar = self.x[:, :-1].mean(0)
+
+        def h(u):  # (latent,) -> (sensors,)
+            return m.sense(m.decode(m.unstandardize(u.to(m.z_mean))[None]))[0].to(torch.float64)
+
+        with torch.enable_grad():
+            J = torch.autograd.functional.jacobian(h, u_bar, vectorize=True)  # (sensors, latent)
+        s, d = J.shape[0], self.x.shape[1]
+        H = torch.zeros(s + 1, d, dtype=torch.float64, device=J.device)
+        H[:s, :-1], H[s, -1] = J, 1.0
+        y = torch.cat([readings.to(J) - h(u_bar) + J @ u_bar, lstm[0][-1:]])
+        var = torch.cat([torch.full((s,), self.sensor_var, dtype=torch.float64, device=J.device), lstm[1][-1:]])
+        return y, var, H
+
+    def assimilate(self, readings: torch.Tensor) -> None:
+        """``observe`` the readings (the LSTM's history) and ``analysis`` with the chosen ``observation``."""
+        lstm = self.observe(readings)
+        if self.observation == "lstm":
+            self.analysis(*lstm)
+        else:
+            self.analysis(*self.sensor_likelihood(readings, lstm))
 
     def cycle(self, readings: torch.Tensor, interval: float | None) -> None:
-        """``forecast`` (skipped when ``interval`` is None: the first observation), ``observe``, ``analysis``."""
+        """``forecast`` (skipped when ``interval`` is None: the first observation) and :meth:`assimilate`."""
         if interval is not None:
             self.forecast(interval)
-        self.analysis(*self.observe(readings))
+        self.assimilate(readings)
 
     @torch.no_grad()
     def fields(self, n: int | None = None) -> torch.Tensor:

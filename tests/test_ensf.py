@@ -66,6 +66,44 @@ def test_damped_ensf_moves_toward_the_posterior_with_its_known_bias():
     assert ((torch.cov(Xa.T).diag().sqrt() / sd) - 1).abs().max() < 0.2
 
 
+def test_kernel_dressed_prior_score_is_the_broadened_gaussian_score():
+    """One member with kernel sigma diffuses to N(alpha x0, beta^2 + alpha^2 sigma^2) per component."""
+    x0, x = torch.randn(1, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    k2 = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    assert torch.allclose(prior_score(x, x0, 0.7, 0.4, k2=k2), (0.7 * x0 - x) / (0.4 + 0.49 * k2))
+
+
+@pytest.mark.parametrize("guidance", ["tweedie", "damped"])
+def test_one_member_with_a_kernel_is_a_gaussian_prior(guidance):
+    """A single member dressed in a N(0, sigma^2 I) kernel is the Gaussian prior N(x0, sigma^2 I): the Tweedie
+    analysis (2000 particles) matches its Kalman posterior; the damped one lands between prior and posterior.
+    Without the kernel the one member would pin every particle to itself."""
+    X, y, H, r, *_ = _problem(0, members=10)
+    x0, sigma = X[:1], 0.8
+    prior_cov = sigma ** 2 * torch.eye(4, dtype=torch.float64)
+    mean, cov = kalman_posterior(x0[0], prior_cov, y, H, r)
+    Xa = ensf_analysis(x0, y, H, r, torch.Generator().manual_seed(3), steps=200, particles=2000, guidance=guidance,
+                       kernel=sigma)
+    sd = cov.diag().sqrt()
+    if guidance == "tweedie":
+        assert ((Xa.mean(0) - mean) / sd).abs().max() < 0.15
+        assert ((torch.cov(Xa.T).diag().sqrt() / sd) - 1).abs().max() < 0.1
+    else:
+        assert (Xa.mean(0) - mean).norm() < 0.7 * (x0[0] - mean).norm()
+    pinned = ensf_analysis(x0, y, H, r, torch.Generator().manual_seed(3), steps=200, particles=200, guidance=guidance)
+    assert (pinned.mean(0) - x0[0]).norm() < 0.1 * (x0[0] - mean).norm()
+
+
+def test_zero_kernel_is_no_kernel():
+    X, y, H, r, *_ = _problem(1, members=12)
+    for guidance in ("tweedie", "damped"):
+        a = ensf_analysis(X, y, H, r, torch.Generator().manual_seed(1), steps=20, guidance=guidance)
+        b = ensf_analysis(X, y, H, r, torch.Generator().manual_seed(1), steps=20, guidance=guidance, kernel=0.0)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    with pytest.raises(ValueError, match="kernel"):
+        ensf_analysis(X, y, H, r, kernel=-1.0)
+
+
 def test_bad_options_are_clear_errors():
     X, y, H, r, *_ = _problem(0, members=10)
     with pytest.raises(ValueError, match="guidance"):

@@ -246,6 +246,59 @@ def test_latent_filter_tracks_the_state_and_estimates_the_parameter():
     assert abs(re.mean().item() - 130.0) < 10.0 and re.std().item() < 20.0  # truth Re = 100 + 50 * 0.6
 
 
+def _linear_decoder_model(latent=8):
+    """A tiny ``pod`` model whose decoder is exactly linear (random fixed modes, nonlinear path zero)."""
+    model = tiny_model(latent=latent, pod=True).double()
+    g = torch.Generator().manual_seed(5)
+    model.decoder.linear_weight.copy_(torch.randn(model.decoder.linear_weight.shape, generator=g,
+                                                  dtype=torch.float64) / 4)
+    return model
+
+
+def test_sensor_observation_linearises_the_decoder_at_the_sensors():
+    """With a linear decoder, ``y - H x`` of :meth:`LatentFilter.sensor_likelihood` equals the readings minus the
+    sensed decoded member for every member (the Jacobian is exact), the parameter row is the LSTM's, and the
+    variance is the noise's plus the representation error's."""
+    model = _linear_decoder_model()
+    gen = torch.Generator().manual_seed(2)
+    filt = LatentFilter(model, 6, gen, observation="sensors", sensor_noise=0.1, representation_error=0.2)
+    filt.x = torch.randn(6, 9, generator=gen, dtype=torch.float64)
+    readings = torch.randn(16, generator=gen, dtype=torch.float64)
+    lstm = (torch.randn(9, dtype=torch.float64), torch.full((9,), 0.3, dtype=torch.float64))
+    y, var, H = filt.sensor_likelihood(readings, lstm)
+    assert H.shape == (17, 9) and bool((H[:16, -1] == 0).all()) and bool((H[16, :-1] == 0).all()) and H[16, -1] == 1
+    sensed = model.sense(model.decode(filt.x[:, :-1]))
+    torch.testing.assert_close((y - filt.x @ H.T)[:, :16], readings - sensed, rtol=1e-9, atol=1e-9)
+    assert y[16] == lstm[0][-1] and var[16] == lstm[1][-1]
+    torch.testing.assert_close(var[:16], torch.full((16,), 0.05, dtype=torch.float64))
+    with pytest.raises(ValueError, match="observation"):
+        LatentFilter(model, 6, observation="decoder")
+
+
+def test_kernel_lets_the_sensor_analysis_leave_the_members_span():
+    """Truth ``decode(z)``, ``z ~ N(0, I)`` (8 latents), 5 members from the same prior, 16 sensors with small
+    noise: with a unit kernel (the true prior around each member) the analysis mean's latent error falls well
+    below the prior's; without one it stays in the members' 4-dimensional span and keeps most of the error."""
+    model = _linear_decoder_model()
+    errors = {}
+    for kernel in (0.0, 1.0):
+        prior, post = [], []
+        for seed in range(6):
+            g = torch.Generator().manual_seed(seed)
+            z = torch.randn(8, generator=g, dtype=torch.float64)
+            readings = model.sense(model.decode(z[None]))[0] + 0.01 * torch.randn(16, generator=g, dtype=torch.float64)
+            filt = LatentFilter(model, 5, g, steps=100, guidance="tweedie", observation="sensors", sensor_noise=0.01,
+                                representation_error=0.0, kernel=kernel)
+            filt.x = torch.cat([torch.randn(5, 8, generator=g, dtype=torch.float64), torch.zeros(5, 1,
+                                                                                                 dtype=torch.float64)], 1)
+            prior.append((filt.x[:, :-1].mean(0) - z).norm().item())
+            filt.assimilate(readings)
+            post.append((filt.x[:, :-1].mean(0) - z).norm().item())
+        errors[kernel] = (np.mean(prior), np.mean(post))
+    assert errors[1.0][1] < 0.3 * errors[1.0][0], errors
+    assert errors[0.0][1] > 0.5 * errors[0.0][0], errors
+
+
 def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path):
     grid = Grid(32, 2 * math.pi)
     eq = NavierStokes2D(grid, 1e-2, 0.1, kolmogorov_forcing(grid, k_f=4, amplitude=1.0))
