@@ -35,7 +35,7 @@ from solvers.config import build_dataclass
 from solvers.io import TrajectoryWriter, publish_results
 from solvers.pairs import read_trajectories
 from solvers.parametric import ParametricConfig
-from solvers.rollout import rollout
+from solvers.rollout import BlowUpError, rollout
 from solvers.setup import build_flow
 from solvers.twin import sensor_data
 
@@ -89,6 +89,42 @@ def _filter_options(args) -> dict:
                 kernel=args.kernel)
 
 
+def _run_method(method, args, cfg, flow, obs, model, norm, model_path, times, truth64, scale) -> dict:
+    """One method's row on one truth (:func:`run_truth`)."""
+    grid, eq, every = flow.grid, flow.equation, cfg.record_every
+    if method == "ld_ensf_latent":
+        readings = torch.stack([norm.state(obs.at(t).y.float()) for t in times])
+        gen = torch.Generator().manual_seed(args.seed)
+        means, res, secs = run_latent(model, readings, times, norm.state(flow.w0.float()), gen,
+                                      guidance=args.guidance, **_filter_options(args))
+        fields = means.double() * norm.state_std + norm.state_mean
+        rel = ((fields - truth64).pow(2).mean((-2, -1)).sqrt() / scale).numpy()
+        return {"rel": rel.tolist(), "reynolds": res.mean(1).tolist(), "s_per_cycle": float(np.median(secs[1:]))}
+    options = dict(OPTIONS.get(method, {}))
+    if method == "ld_ensf":
+        options.update(checkpoint=model_path, guidance=args.guidance, inject=args.inject, **_filter_options(args))
+    elif method != "none" and not args.fixed_reynolds:
+        options.update(reynolds_prior=[cfg.reynolds.min, cfg.reynolds.max])
+    plugin = None
+    if method != "none":
+        plugin = closure.make_plugin(method, grid, eq, observations=obs, **options)
+    start = time.perf_counter()
+    result = rollout(flow.w0.clone(), eq, flow.dt, every * args.cycles + 1, stepper=cfg.flow.stepper,
+                     plugin=plugin, every=every, generator=flow.generator, record_every=every)
+    wall = time.perf_counter() - start
+    if plugin is None:
+        traj = result.trajectory()[:, : len(times)].to(torch.float64)  # (member, time, x, y): frames 0, every, ...
+        rel = ((traj.mean(0) - truth64).pow(2).mean((-2, -1)).sqrt() / scale).numpy()
+        row = {"rel": rel.tolist(), "s_per_cycle": 0.0}
+    else:
+        h = plugin.history
+        row = {"rel": h["rel_rmse_a"], "rel_f": h["rel_rmse_f"], "s_per_cycle": float(np.median(h["seconds"][1:]))}
+        if "reynolds" in h:
+            row["reynolds"] = h["reynolds"]
+    row["wall_s"] = wall
+    return row
+
+
 def run_truth(args, cfg, truth: torch.Tensor, reynolds: float, model_path: str, folder: Path) -> dict:
     """Every method on one truth ``(time, x, y)`` (physical units); returns method -> metrics."""
     ckpt = load_checkpoint(model_path)
@@ -111,38 +147,12 @@ def run_truth(args, cfg, truth: torch.Tensor, reynolds: float, model_path: str, 
     out = {}
     for method in args.methods:
         eq.set_viscosity(1.0 / prior)
-        if method == "ld_ensf_latent":
-            readings = torch.stack([norm.state(obs.at(t).y.float()) for t in times])
-            gen = torch.Generator().manual_seed(args.seed)
-            means, res, secs = run_latent(model, readings, times, norm.state(flow.w0.float()), gen,
-                                          guidance=args.guidance, **_filter_options(args))
-            fields = means.double() * norm.state_std + norm.state_mean
-            rel = ((fields - truth64).pow(2).mean((-2, -1)).sqrt() / scale).numpy()
-            out[method] = {"rel": rel.tolist(), "reynolds": res.mean(1).tolist(), "s_per_cycle": float(np.median(secs[1:]))}
-            continue
-        options = dict(OPTIONS.get(method, {}))
-        if method == "ld_ensf":
-            options.update(checkpoint=model_path, guidance=args.guidance, inject=args.inject, **_filter_options(args))
-        elif method != "none" and not args.fixed_reynolds:
-            options.update(reynolds_prior=[cfg.reynolds.min, cfg.reynolds.max])
-        plugin = None
-        if method != "none":
-            plugin = closure.make_plugin(method, grid, eq, observations=obs, **options)
-        start = time.perf_counter()
-        result = rollout(flow.w0.clone(), eq, flow.dt, every * args.cycles + 1, stepper=cfg.flow.stepper,
-                         plugin=plugin, every=every, generator=flow.generator, record_every=every)
-        wall = time.perf_counter() - start
-        if plugin is None:
-            traj = result.trajectory()[:, : len(frames)].to(torch.float64)  # (member, time, x, y), the frames at 0, every, ...
-            rel = ((traj.mean(0) - truth64).pow(2).mean((-2, -1)).sqrt() / scale).numpy()
-            row = {"rel": rel.tolist(), "s_per_cycle": 0.0}
-        else:
-            h = plugin.history
-            row = {"rel": h["rel_rmse_a"], "rel_f": h["rel_rmse_f"], "s_per_cycle": float(np.median(h["seconds"][1:]))}
-            if "reynolds" in h:
-                row["reynolds"] = h["reynolds"]
-        row["wall_s"] = wall
-        out[method] = row
+        try:
+            out[method] = _run_method(method, args, cfg, flow, obs, model, norm, model_path, times, truth64, scale)
+        except (BlowUpError, FloatingPointError) as err:  # recorded, not fatal: the other methods still run
+            print(f"  {method} failed: {err}")
+            out[method] = {"rel": [float("nan")] * len(frames), "reynolds": [float("nan")], "s_per_cycle": float("nan"),
+                           "failed": str(err)}
     for row in out.values():
         if "reynolds" in row:
             row["reynolds_error"] = abs(row["reynolds"][-1] - reynolds) / reynolds
@@ -161,7 +171,8 @@ def summarise(per_truth: list[dict]) -> dict:
                         "rel_curve": rel.mean(0).tolist(),
                         "reynolds_error": float(np.mean([t[method]["reynolds_error"] for t in per_truth])),
                         "reynolds_estimated": "reynolds_fixed" not in per_truth[0][method],
-                        "s_per_cycle": float(np.median([t[method]["s_per_cycle"] for t in per_truth]))}
+                        "s_per_cycle": float(np.median([t[method]["s_per_cycle"] for t in per_truth])),
+                        "failed": sum("failed" in t[method] for t in per_truth), "truths": len(per_truth)}
     return rows
 
 
@@ -170,6 +181,8 @@ def table(rows: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         re = f"{100 * r['reynolds_error']:.1f} %" + ("" if r["reynolds_estimated"] else " (prior mean, fixed)")
+        if r.get("failed"):
+            name = f"{name} (diverged on {r['failed']} of {r['truths']} truths)"
         lines.append(f"| {name} | {r['rel_end']:.3g} | {r['rel_2nd_half']:.3g} | {re} | {r['s_per_cycle']:.3g} |")
     return "\n".join(lines) + "\n"
 

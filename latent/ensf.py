@@ -96,33 +96,52 @@ def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2=None) -> torch.Ten
         A = (x0 @ H.T)[None] - (m @ H.T)[:, None]  # H (x0_j - m): (particles, members, obs)
         v = _solve_low_rank(w, A, r, y - m @ H.T)  # (H C H^T + R)^-1 (y - H m): (particles, obs)
         D = x0[None] - m[:, None]  # (particles, members, dim)
-        return alpha / beta2 * torch.einsum("pj,pjd,pjo,po->pd", w, D, A, v)  # J^T H^T v, J = alpha C / beta^2
+        return alpha / beta2 * _weighted_sum(w, D, A, v)  # J^T H^T v, J = alpha C / beta^2
     b = _kernel_variance(beta2, alpha, k2)
     c, spread = beta2 / b, k2 * beta2 / b  # (dim,): the members' share, the kernel's posterior variance
     D = (x0[None] - m[:, None]) * c  # (particles, members, dim): mu_j - E[x0 | x]
     m = c * m + alpha * k2 / b * x
     A = D @ H.T  # (particles, members, obs)
-    S = torch.einsum("pj,pjo,pjq->poq", w, A, A) + (H * spread) @ H.T + torch.diag(r)
-    v = torch.linalg.solve(S, (y - m @ H.T)[..., None])[..., 0]  # (particles, obs)
-    return alpha / beta2 * (torch.einsum("pj,pjd,pjo,po->pd", w, D, A, v) + spread * (v @ H))
+    v = _solve_low_rank(w, A, r, y - m @ H.T, (H * spread) @ H.T)  # (particles, obs)
+    return alpha / beta2 * (_weighted_sum(w, D, A, v) + spread * (v @ H))
 
 
-def _solve_low_rank(w: torch.Tensor, A: torch.Tensor, r: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(A^T diag(w) A + diag(r))^-1 b`` per particle, ``w`` ``(p, m)``, ``A`` ``(p, m, obs)``, ``b`` ``(p, obs)``.
+def _weighted_sum(w: torch.Tensor, D: torch.Tensor, A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum_j w_pj (A_pj . v_p) D_pj`` ``(particles, dim)`` as two batched products (``einsum`` of the four
+    operands picks a slow contraction order on CPU)."""
+    coef = w * (A @ v[..., None])[..., 0]  # (particles, members)
+    return (coef[:, None] @ D)[:, 0]
 
-    With fewer members than observations, by Woodbury through ``B = sqrt(w) A R^-1/2`` (an ``m x m`` solve
-    per particle, stable when weights vanish): ``S^-1 = R^-1/2 (I - B^T (I + B B^T)^-1 B) R^-1/2``;
-    otherwise the ``obs x obs`` system directly."""
+
+def _solve_low_rank(w: torch.Tensor, A: torch.Tensor, r: torch.Tensor, b: torch.Tensor,
+                    G: torch.Tensor | None = None) -> torch.Tensor:
+    """``(A^T diag(w) A + M)^-1 b`` per particle, ``M = diag(r) + G`` (``G`` ``(obs, obs)``, shared by the particles,
+    optional), ``w`` ``(p, m)``, ``A`` ``(p, m, obs)``, ``b`` ``(p, obs)``.
+
+    With fewer members than observations, by Woodbury through ``B = sqrt(w) A M^-1/2`` (an ``m x m`` solve
+    per particle, stable when weights vanish; ``M^1/2`` its Cholesky factor, one per call):
+    ``S^-1 = M^-1/2 (I - B^T (I + B B^T)^-1 B) M^-1/2``; otherwise the ``obs x obs`` system directly."""
     m, obs = A.shape[-2:]
     if obs <= m:
         S = torch.einsum("pj,pjo,pjq->poq", w, A, A) + torch.diag(r)
-        return torch.linalg.solve(S, b[..., None])[..., 0]
-    s = r.rsqrt()
-    B = w.sqrt()[..., None] * A * s  # (p, m, obs)
-    c = b * s
+        return torch.linalg.solve(S if G is None else S + G, b[..., None])[..., 0]
+    if G is None:
+        s = r.rsqrt()
+        B, c = w.sqrt()[..., None] * A * s, b * s  # (p, m, obs), (p, obs)
+    else:
+        L = torch.linalg.cholesky(G + torch.diag(r))  # M = L L^T; one solve for all particles' right-hand sides
+        B = _solve_lower(L, (w.sqrt()[..., None] * A).reshape(-1, obs)).reshape(A.shape)
+        c = _solve_lower(L, b)
     inner = torch.eye(m, dtype=A.dtype, device=A.device) + B @ B.transpose(-1, -2)
     correction = (B.transpose(-1, -2) @ torch.linalg.solve(inner, (B @ c[..., None])))[..., 0]
-    return s * (c - correction)
+    if G is None:
+        return s * (c - correction)
+    return torch.linalg.solve_triangular(L.T, (c - correction).T, upper=True).T
+
+
+def _solve_lower(L: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``rows @ L^-T`` for rows ``(k, obs)``: ``L^-1`` applied to each row, one triangular solve."""
+    return torch.linalg.solve_triangular(L, rows.T, upper=False).T
 
 
 def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.Tensor, generator=None,

@@ -127,7 +127,14 @@ class LatentFilter:
         if self.kernel > 0:  # the latent components only
             kernel = torch.full((x.shape[1],), self.kernel, dtype=x.dtype, device=x.device)
             kernel[-1] = 0.0
-        self.x = ensf_analysis(x, mean, H, var, gen, kernel=kernel, **self.options)
+        scale = 1e3 * (1 + max(float(x.abs().max()), float(mean.abs().max())))  # posteriors lie near prior and data
+        x = ensf_analysis(x, mean, H, var, gen, kernel=kernel, **self.options)
+        if not bool(torch.isfinite(x).all()) or float(x.abs().max()) > scale:
+            raise FloatingPointError(
+                "the LD-EnSF analysis diverged (members non-finite or 1000x the forecast's and data's size): the damped guidance's Euler-Maruyama steps are "
+                "unstable for a stiff likelihood (many sensors, small variance); use guidance='tweedie', set clip, "
+                "raise steps or representation_error")
+        self.x = x
 
     def sensor_likelihood(self, readings: torch.Tensor, lstm: tuple[torch.Tensor, torch.Tensor]):
         """The linearised sensor observation (module docstring) of normalised ``readings`` ``(sensors,)``

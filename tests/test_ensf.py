@@ -94,6 +94,23 @@ def test_one_member_with_a_kernel_is_a_gaussian_prior(guidance):
     assert (pinned.mean(0) - x0[0]).norm() < 0.1 * (x0[0] - mean).norm()
 
 
+@pytest.mark.parametrize("members", [3, 12])
+def test_low_rank_solve_with_a_shared_dense_part_is_the_direct_solve(members):
+    """``(A^T diag(w) A + diag(r) + G)^-1 b`` by Woodbury (fewer members than observations) or directly."""
+    from latent.ensf import _solve_low_rank
+
+    g = torch.Generator().manual_seed(4)
+    p, obs = 5, 7
+    w = torch.softmax(torch.randn(p, members, generator=g, dtype=torch.float64), 1)
+    A = torch.randn(p, members, obs, generator=g, dtype=torch.float64)
+    r = 0.1 + torch.rand(obs, generator=g, dtype=torch.float64)
+    b = torch.randn(p, obs, generator=g, dtype=torch.float64)
+    K = torch.randn(obs, obs, generator=g, dtype=torch.float64)
+    for G in (None, K @ K.T):
+        S = torch.einsum("pj,pjo,pjq->poq", w, A, A) + torch.diag(r) + (0 if G is None else G)
+        torch.testing.assert_close(_solve_low_rank(w, A, r, b, G), torch.linalg.solve(S, b[..., None])[..., 0])
+
+
 def test_zero_kernel_is_no_kernel():
     X, y, H, r, *_ = _problem(1, members=12)
     for guidance in ("tweedie", "damped"):

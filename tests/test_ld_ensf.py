@@ -299,6 +299,18 @@ def test_kernel_lets_the_sensor_analysis_leave_the_members_span():
     assert errors[0.0][1] > 0.5 * errors[0.0][0], errors
 
 
+def test_a_diverging_analysis_is_a_clear_error():
+    """The damped guidance's explicit pseudo-time steps blow up on a stiff likelihood (16 sensors of noise 1e-3,
+    10 steps): the filter says so and how to fix it instead of handing the solver a 1e70 field."""
+    model = _linear_decoder_model()
+    g = torch.Generator().manual_seed(0)
+    filt = LatentFilter(model, 5, g, steps=10, guidance="damped", observation="sensors", sensor_noise=1e-3,
+                        representation_error=0.0, kernel=1.0)
+    filt.x = torch.randn(5, 9, generator=g, dtype=torch.float64)
+    with pytest.raises(FloatingPointError, match="tweedie"):
+        filt.assimilate(torch.randn(16, generator=g, dtype=torch.float64))
+
+
 def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path):
     grid = Grid(32, 2 * math.pi)
     eq = NavierStokes2D(grid, 1e-2, 0.1, kolmogorov_forcing(grid, k_f=4, amplitude=1.0))
