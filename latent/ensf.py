@@ -147,7 +147,7 @@ def _solve_lower(L: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.Tensor, generator=None,
                   steps: int = 100, eps_alpha: float = 0.05, eps_beta: float = 0.0, clip: float | None = None,
                   particles: int | None = None, guidance: str = "damped",
-                  kernel: float | torch.Tensor | None = None) -> torch.Tensor:
+                  kernel: float | torch.Tensor | None = None, implicit: bool = False) -> torch.Tensor:
     """EnSF analysis ``(particles, dim)`` (default: as many as members) of the forecast ``x0`` ``(members, dim)``
     for observations ``y`` ``(obs,)`` of ``H`` ``(obs, dim)`` with noise variances ``r`` ``(obs,)``; ``H = None``:
     every component observed (``obs = dim``, LD-EnSF's latent observation), without the products by ``H``.
@@ -155,7 +155,11 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
     ``guidance``: ``damped`` (the paper's ``h(t) grad log p(y | x_t)``, ``h = 1 - t``) or ``tweedie``
     (:func:`tweedie_likelihood_score`); ``generator``: a ``torch.Generator`` (all the pseudo-time noise drawn in
     one call, in float32) or a per-member :class:`~solvers.random.MemberRNG` (then ``particles`` must equal the
-    members); ``kernel``: each member's Gaussian kernel standard deviation, scalar or ``(dim,)`` (module docstring)."""
+    members); ``kernel``: each member's Gaussian kernel standard deviation, scalar or ``(dim,)`` (module docstring);
+    ``implicit`` (damped guidance): the likelihood term, linear in ``x``, taken at the new point of each step
+    (linearly implicit Euler-Maruyama, ``(I + c H^T R^-1 H) x_new = ...``, by Woodbury through ``R + c H H^T``):
+    stable however stiff the likelihood, where the explicit step diverges once ``g^2 dt |H^T R^-1 H| > 2``
+    (many precise sensors)."""
     if H is None:
         if y.shape[-1] != x0.shape[1]:
             raise ValueError(f"H = None observes every component: need {x0.shape[1]} observations, got {y.shape[-1]}")
@@ -165,6 +169,8 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
         raise ValueError(f"unknown EnSF guidance {guidance!r}; choose one of {list(GUIDANCE)}")
     if steps < 1 or not 0 < eps_alpha < 1 or not 0 <= eps_beta < 1:
         raise ValueError(f"need steps >= 1, 0 < eps_alpha < 1, 0 <= eps_beta < 1; got {steps}, {eps_alpha}, {eps_beta}")
+    if implicit and (guidance != "damped" or clip is not None):
+        raise ValueError("implicit applies to the damped guidance without clip (it treats the likelihood term exactly)")
     m, dim = x0.shape
     particles = particles or m
     k2 = None
@@ -180,11 +186,16 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
         draws = iter(torch.randn((steps + 1, particles, dim), generator=generator, dtype=torch.float32,  # 4x faster
                                  device=x0.device).to(x0.dtype))  # than float64 draws; ample for noise
     x, x0_sq, dt = next(draws), (x0 * x0).sum(1), 1.0 / steps
-    if guidance == "damped" and H is None and clip is None and k2 is None:
+    if guidance == "damped" and H is None and clip is None and k2 is None and not implicit:
         return _damped_identity(x, x0, x0_sq, y, r, draws, steps, eps_alpha, eps_beta)
+    HHt = None if H is None or not implicit else H @ H.T
     for i in range(steps):
         t = 1.0 - i * dt
         alpha, beta2, f, g2 = schedule(t, eps_alpha, eps_beta)
+        if implicit:
+            x = _implicit_damped_step(x, prior_score(x, x0, alpha, beta2, x0_sq, k2), y, H, HHt, r,
+                                      f, g2 * dt, (1 - t) * g2 * dt, dt, next(draws))
+            continue
         if guidance == "tweedie":
             like = tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2)
         elif H is None:
@@ -196,6 +207,18 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
         score = prior_score(x, x0, alpha, beta2, x0_sq, k2) + like
         x = x - (f * x - g2 * score) * dt + math.sqrt(g2 * dt) * next(draws)
     return x
+
+
+def _implicit_damped_step(x, prior, y, H, HHt, r, f: float, g2dt: float, c: float, dt: float, noise):
+    """One linearly implicit Euler-Maruyama step: ``(I + c H^T R^-1 H) x_new = x - (f x - g^2 prior) dt
+    + c H^T R^-1 y + sqrt(g^2 dt) noise``, ``c = h(t) g^2 dt``; ``(I + c H^T R^-1 H)^-1 = I - c H^T (R + c H H^T)^-1 H``
+    (``H = None``: the identity, a division)."""
+    rhs = x - f * dt * x + g2dt * prior + math.sqrt(g2dt) * noise
+    if H is None:
+        return (rhs + c * y / r) / (1 + c / r)
+    rhs = rhs + c * (y / r) @ H
+    K = c * HHt + torch.diag(r)
+    return rhs - c * torch.linalg.solve(K, (rhs @ H.T).T).T @ H
 
 
 def _damped_identity(x, x0, x0_sq, y, r, draws, steps: int, eps_alpha: float, eps_beta: float) -> torch.Tensor:

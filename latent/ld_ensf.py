@@ -46,22 +46,26 @@ class LatentFilter:
     (module docstring) with ``sensor_noise`` (default: the model's ``obs_noise``) and ``representation_error``,
     both standard deviations in normalised units; ``kernel``: the EnSF prior's Gaussian kernel on the latent
     components (standardised units; :func:`latent.ensf.ensf_analysis`; the parameter gets none), so the
-    analysis can leave the span of the members."""
+    analysis can leave the span of the members; ``implicit``: the damped guidance's stable step (many precise
+    sensors make the explicit one diverge)."""
 
     def __init__(self, model, members: int, generator: torch.Generator | None = None, steps: int = 100,
                  eps_alpha: float = 0.01, eps_beta: float = 0.0, clip: float | None = None,
                  guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02,
                  observation: str = "lstm", sensor_noise: float | None = None,
-                 representation_error: float = 0.3, kernel: float = 0.0) -> None:
+                 representation_error: float = 0.3, kernel: float = 0.0, implicit: bool = False) -> None:
         if observation not in OBSERVATIONS:
             raise ValueError(f"unknown LD-EnSF observation {observation!r}; choose one of {list(OBSERVATIONS)}")
         if guidance not in GUIDANCE:
             raise ValueError(f"unknown EnSF guidance {guidance!r}; choose one of {list(GUIDANCE)}")
+        if implicit and (guidance != "damped" or clip is not None):
+            raise ValueError("implicit is the damped guidance's step (without clip); drop it or use guidance='damped'")
         if members < 2 or inflation < 1 or param_jitter < 0 or kernel < 0:
             raise ValueError(f"need members >= 2, inflation >= 1, param_jitter >= 0, kernel >= 0; got {members}, "
                              f"{inflation}, {param_jitter}, {kernel}")
         self.model, self.members, self.generator = model, members, generator
-        self.options = dict(steps=steps, eps_alpha=eps_alpha, eps_beta=eps_beta, clip=clip, guidance=guidance)
+        self.options = dict(steps=steps, eps_alpha=eps_alpha, eps_beta=eps_beta, clip=clip, guidance=guidance,
+                            implicit=bool(implicit))
         self.inflation, self.param_jitter, self.kernel = inflation, param_jitter, float(kernel)
         self.observation = observation
         noise = getattr(model, "obs_noise", 0.1) if sensor_noise is None else sensor_noise

@@ -273,6 +273,8 @@ def test_sensor_observation_linearises_the_decoder_at_the_sensors():
     torch.testing.assert_close(var[:16], torch.full((16,), 0.05, dtype=torch.float64))
     with pytest.raises(ValueError, match="observation"):
         LatentFilter(model, 6, observation="decoder")
+    with pytest.raises(ValueError, match="implicit"):
+        LatentFilter(model, 6, guidance="tweedie", implicit=True)
 
 
 def test_kernel_lets_the_sensor_analysis_leave_the_members_span():
@@ -307,8 +309,14 @@ def test_a_diverging_analysis_is_a_clear_error():
     filt = LatentFilter(model, 5, g, steps=10, guidance="damped", observation="sensors", sensor_noise=1e-3,
                         representation_error=0.0, kernel=1.0)
     filt.x = torch.randn(5, 9, generator=g, dtype=torch.float64)
+    readings = torch.randn(16, generator=g, dtype=torch.float64)
+    start = filt.x.clone()
     with pytest.raises(FloatingPointError, match="tweedie"):
-        filt.assimilate(torch.randn(16, generator=g, dtype=torch.float64))
+        filt.assimilate(readings)
+    filt.x = start
+    filt.options["implicit"] = True  # the implicit step is the fix
+    filt.assimilate(readings)
+    assert bool(torch.isfinite(filt.x).all()) and filt.x.abs().max() < 100
 
 
 def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path):
