@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", type=float, default=0.0,
                    help="LD-EnSF: Gaussian kernel std around each member in the EnSF prior (standardised latent)")
     p.add_argument("--implicit", action="store_true", help="LD-EnSF damped guidance: the stable implicit step")
+    p.add_argument("--reproject", action="store_true", help="LD-EnSF: re-encode the decoded analysis members")
     p.add_argument("--fixed-reynolds", action="store_true", help="physical-space filters keep the members' prior Re "
                    "(default: they estimate it jointly, closure.options.reynolds_prior)")
     p.add_argument("--json", type=Path, default=RESULTS / "ld_ensf_twin.json", help="results file")
@@ -87,7 +88,7 @@ def _prior(cfg, members: int, seed: int) -> torch.Tensor:
 def _filter_options(args) -> dict:
     """LD-EnSF's observation options (both modes)."""
     return dict(observation=args.observation, sensor_noise=args.noise, representation_error=args.representation_error,
-                kernel=args.kernel, implicit=args.implicit)
+                kernel=args.kernel, implicit=args.implicit, reproject=args.reproject)
 
 
 def _run_method(method, args, cfg, flow, obs, model, norm, model_path, times, truth64, scale) -> dict:

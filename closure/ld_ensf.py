@@ -44,7 +44,8 @@ class LDEnSF(Assimilation):
                  eps_alpha: float = 0.01, eps_beta: float = 0.0, clip: float | None = None,
                  guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02,
                  observation: str = "lstm", sensor_noise: float | None = None,
-                 representation_error: float = 0.3, kernel: float = 0.0, implicit: bool = False) -> None:
+                 representation_error: float = 0.3, kernel: float = 0.0, implicit: bool = False,
+                 reproject: bool = False) -> None:
         super().__init__(grid, equation, observations, nudge)
         from .learned import load_plugin_model
 
@@ -60,7 +61,7 @@ class LDEnSF(Assimilation):
                                    guidance=guidance, inflation=float(inflation), param_jitter=float(param_jitter),
                                    observation=observation, sensor_noise=sensor_noise,
                                    representation_error=float(representation_error), kernel=float(kernel),
-                                   implicit=bool(implicit))
+                                   implicit=bool(implicit), reproject=bool(reproject))
         self.filter = None
         self.last_t: float | None = None
         self.history.update(reynolds=[], reynolds_spread=[])

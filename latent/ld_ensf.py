@@ -47,13 +47,16 @@ class LatentFilter:
     both standard deviations in normalised units; ``kernel``: the EnSF prior's Gaussian kernel on the latent
     components (standardised units; :func:`latent.ensf.ensf_analysis`; the parameter gets none), so the
     analysis can leave the span of the members; ``implicit``: the damped guidance's stable step (many precise
-    sensors make the explicit one diverge)."""
+    sensors make the explicit one diverge); ``reproject``: after each analysis, every member's latent is
+    replaced by the code of its decoded field, ``u <- standardize(encode(decode(u)))``: back onto the codes the
+    latent ODE was trained on (the kernel's analysis may leave them)."""
 
     def __init__(self, model, members: int, generator: torch.Generator | None = None, steps: int = 100,
                  eps_alpha: float = 0.01, eps_beta: float = 0.0, clip: float | None = None,
                  guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02,
                  observation: str = "lstm", sensor_noise: float | None = None,
-                 representation_error: float = 0.3, kernel: float = 0.0, implicit: bool = False) -> None:
+                 representation_error: float = 0.3, kernel: float = 0.0, implicit: bool = False,
+                 reproject: bool = False) -> None:
         if observation not in OBSERVATIONS:
             raise ValueError(f"unknown LD-EnSF observation {observation!r}; choose one of {list(OBSERVATIONS)}")
         if guidance not in GUIDANCE:
@@ -67,7 +70,7 @@ class LatentFilter:
         self.options = dict(steps=steps, eps_alpha=eps_alpha, eps_beta=eps_beta, clip=clip, guidance=guidance,
                             implicit=bool(implicit))
         self.inflation, self.param_jitter, self.kernel = inflation, param_jitter, float(kernel)
-        self.observation = observation
+        self.observation, self.reproject = observation, bool(reproject)
         noise = getattr(model, "obs_noise", 0.1) if sensor_noise is None else sensor_noise
         if noise < 0 or representation_error < 0 or noise + representation_error == 0:
             raise ValueError(f"need sensor_noise, representation_error >= 0, not both 0; got {noise}, "
@@ -159,12 +162,14 @@ class LatentFilter:
         return y, var, H
 
     def assimilate(self, readings: torch.Tensor) -> None:
-        """``observe`` the readings (the LSTM's history) and ``analysis`` with the chosen ``observation``."""
+        """``observe`` the readings (the LSTM's history), ``analysis`` with the chosen ``observation``, ``reproject``."""
         lstm = self.observe(readings)
         if self.observation == "lstm":
             self.analysis(*lstm)
         else:
             self.analysis(*self.sensor_likelihood(readings, lstm))
+        if self.reproject:
+            self.set_latent(self.fields())
 
     def cycle(self, readings: torch.Tensor, interval: float | None) -> None:
         """``forecast`` (skipped when ``interval`` is None: the first observation) and :meth:`assimilate`."""

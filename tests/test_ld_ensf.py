@@ -301,6 +301,25 @@ def test_kernel_lets_the_sensor_analysis_leave_the_members_span():
     assert errors[0.0][1] > 0.5 * errors[0.0][0], errors
 
 
+def test_reproject_re_encodes_the_decoded_analysis():
+    """``reproject``: the analysis members' latents become the codes of their decoded fields (same draws
+    otherwise), the parameters untouched."""
+    model = _linear_decoder_model()
+    x = torch.randn(5, 9, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    readings = torch.randn(16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    out = []
+    for reproject in (False, True):
+        filt = LatentFilter(model, 5, torch.Generator().manual_seed(1), steps=20, observation="sensors", kernel=0.5,
+                            reproject=reproject)
+        filt.x = x.clone()
+        filt.assimilate(readings)
+        out.append(filt.x)
+    codes = model.standardize(model.encode(model.decode(model.unstandardize(out[0][:, :-1])))).to(torch.float64)
+    torch.testing.assert_close(out[1][:, :-1], codes)
+    torch.testing.assert_close(out[1][:, -1], out[0][:, -1])
+    assert (codes - out[0][:, :-1]).abs().max() > 1e-3  # the re-encoding changed something
+
+
 def test_a_diverging_analysis_is_a_clear_error():
     """The damped guidance's explicit pseudo-time steps blow up on a stiff likelihood (16 sensors of noise 1e-3,
     10 steps): the filter says so and how to fix it instead of handing the solver a 1e70 field."""
