@@ -188,12 +188,12 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
     x, x0_sq, dt = next(draws), (x0 * x0).sum(1), 1.0 / steps
     if guidance == "damped" and H is None and clip is None and k2 is None and not implicit:
         return _damped_identity(x, x0, x0_sq, y, r, draws, steps, eps_alpha, eps_beta)
-    HHt = None if H is None or not implicit else H @ H.T
+    eig = None if H is None or not implicit else _scaled_eigh(H, r)
     for i in range(steps):
         t = 1.0 - i * dt
         alpha, beta2, f, g2 = schedule(t, eps_alpha, eps_beta)
         if implicit:
-            x = _implicit_damped_step(x, prior_score(x, x0, alpha, beta2, x0_sq, k2), y, H, HHt, r,
+            x = _implicit_damped_step(x, prior_score(x, x0, alpha, beta2, x0_sq, k2), y, H, eig, r,
                                       f, g2 * dt, (1 - t) * g2 * dt, dt, next(draws))
             continue
         if guidance == "tweedie":
@@ -209,16 +209,25 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
     return x
 
 
-def _implicit_damped_step(x, prior, y, H, HHt, r, f: float, g2dt: float, c: float, dt: float, noise):
+def _scaled_eigh(H: torch.Tensor, r: torch.Tensor):
+    """``R^-1/2`` ``(obs,)`` and the eigenpairs of ``R^-1/2 H H^T R^-1/2``: then ``(c H H^T + R)^-1 v =
+    R^-1/2 Q (c Lambda + I)^-1 Q^T R^-1/2 v`` for every ``c`` by products alone (one decomposition per analysis)."""
+    s = r.rsqrt()
+    lam, Q = torch.linalg.eigh(s[:, None] * (H @ H.T) * s)
+    return s, lam, Q
+
+
+def _implicit_damped_step(x, prior, y, H, eig, r, f: float, g2dt: float, c: float, dt: float, noise):
     """One linearly implicit Euler-Maruyama step: ``(I + c H^T R^-1 H) x_new = x - (f x - g^2 prior) dt
     + c H^T R^-1 y + sqrt(g^2 dt) noise``, ``c = h(t) g^2 dt``; ``(I + c H^T R^-1 H)^-1 = I - c H^T (R + c H H^T)^-1 H``
-    (``H = None``: the identity, a division)."""
+    (``H = None``: the identity, a division; ``eig``: :func:`_scaled_eigh`)."""
     rhs = x - f * dt * x + g2dt * prior + math.sqrt(g2dt) * noise
     if H is None:
         return (rhs + c * y / r) / (1 + c / r)
     rhs = rhs + c * (y / r) @ H
-    K = c * HHt + torch.diag(r)
-    return rhs - c * torch.linalg.solve(K, (rhs @ H.T).T).T @ H
+    s, lam, Q = eig
+    v = ((rhs @ H.T) * s) @ Q / (c * lam + 1)  # (particles, obs): Q^T R^-1/2 H rhs, scaled
+    return rhs - c * ((v @ Q.T) * s) @ H
 
 
 def _damped_identity(x, x0, x0_sq, y, r, draws, steps: int, eps_alpha: float, eps_beta: float) -> torch.Tensor:
