@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", type=float, default=0.0,
                    help="LD-EnSF: Gaussian kernel std around each member in the EnSF prior (standardised latent)")
     p.add_argument("--implicit", action="store_true", help="LD-EnSF damped guidance: the stable implicit step")
+    p.add_argument("--steps", type=int, default=100, help="LD-EnSF: EnSF pseudo-time steps per analysis (E3: 100)")
     p.add_argument("--reproject", action="store_true", help="LD-EnSF: re-encode the decoded analysis members")
     p.add_argument("--fixed-reynolds", action="store_true", help="physical-space filters keep the members' prior Re "
                    "(default: they estimate it jointly, closure.options.reynolds_prior)")
@@ -88,7 +89,7 @@ def _prior(cfg, members: int, seed: int) -> torch.Tensor:
 def _filter_options(args) -> dict:
     """LD-EnSF's observation options (both modes)."""
     return dict(observation=args.observation, sensor_noise=args.noise, representation_error=args.representation_error,
-                kernel=args.kernel, implicit=args.implicit, reproject=args.reproject)
+                kernel=args.kernel, implicit=args.implicit, reproject=args.reproject, steps=args.steps)
 
 
 def _run_method(method, args, cfg, flow, obs, model, norm, model_path, times, truth64, scale) -> dict:

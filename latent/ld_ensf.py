@@ -75,7 +75,7 @@ class LatentFilter:
         if noise < 0 or representation_error < 0 or noise + representation_error == 0:
             raise ValueError(f"need sensor_noise, representation_error >= 0, not both 0; got {noise}, "
                              f"{representation_error}")
-        self.sensor_var = float(noise) ** 2 + float(representation_error) ** 2
+        self.noise_var, self.representation_var = float(noise) ** 2, float(representation_error) ** 2
         self.x: torch.Tensor | None = None
         self.lstm_state = None
         self.last_observation: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -143,9 +143,11 @@ class LatentFilter:
                 "raise steps or representation_error")
         self.x = x
 
-    def sensor_likelihood(self, readings: torch.Tensor, lstm: tuple[torch.Tensor, torch.Tensor]):
+    def sensor_likelihood(self, readings: torch.Tensor, lstm: tuple[torch.Tensor, torch.Tensor],
+                          noise_var: torch.Tensor | None = None):
         """The linearised sensor observation (module docstring) of normalised ``readings`` ``(sensors,)``
-        joined to the LSTM's observation of the parameter: ``(y, var, H)`` for :meth:`analysis`."""
+        joined to the LSTM's observation of the parameter: ``(y, var, H)`` for :meth:`analysis`. ``noise_var``:
+        the readings' noise variances ``(sensors,)`` when known (default: ``sensor_noise^2``)."""
         m = self.model
         u_bar = self.x[:, :-1].mean(0)
 
@@ -157,16 +159,18 @@ class LatentFilter:
         H = torch.zeros(s + 1, d, dtype=torch.float64, device=J.device)
         H[:s, :-1], H[s, -1] = J, 1.0
         y = torch.cat([readings.to(J) - h(u_bar) + J @ u_bar, lstm[0][-1:]])
-        var = torch.cat([torch.full((s,), self.sensor_var, dtype=torch.float64, device=J.device), lstm[1][-1:]])
+        noise = torch.full((s,), self.noise_var) if noise_var is None else noise_var
+        var = torch.cat([noise.to(J) + self.representation_var, lstm[1][-1:]])
         return y, var, H
 
-    def assimilate(self, readings: torch.Tensor) -> None:
-        """``observe`` the readings (the LSTM's history), ``analysis`` with the chosen ``observation``, ``reproject``."""
+    def assimilate(self, readings: torch.Tensor, noise_var: torch.Tensor | None = None) -> None:
+        """``observe`` the readings (the LSTM's history), ``analysis`` with the chosen ``observation`` (``noise_var``:
+        :meth:`sensor_likelihood`), ``reproject``."""
         lstm = self.observe(readings)
         if self.observation == "lstm":
             self.analysis(*lstm)
         else:
-            self.analysis(*self.sensor_likelihood(readings, lstm))
+            self.analysis(*self.sensor_likelihood(readings, lstm, noise_var))
         if self.reproject:
             self.set_latent(self.fields())
 
