@@ -14,7 +14,10 @@ free run's per-member draws) and, except the pure-latent mode, runs each member 
 (``sqrt(mean err^2 / mean truth^2)``, LD-EnSF's metric) after the analysis at the end and over the
 second half, the final relative error of the ensemble-mean Re, and the wall time per assimilation
 cycle: the analysis for the solver-forecast methods, forecast + observe + analysis for the pure-latent
-mode (no solver). JSON, markdown table and a figure go to ``benchmarks/results``.
+mode (no solver). LD-EnSF's state observation is the LSTM's latent (``--observation lstm``, the paper's)
+or the sensors through the decoder (``sensors``, with ``--kernel``, ``--representation-error``,
+``--implicit``, ``--reproject``: :mod:`latent.ld_ensf`); a method that diverges is recorded as such.
+JSON, markdown table and a figure go to ``benchmarks/results``.
 """
 from __future__ import annotations
 
