@@ -138,9 +138,9 @@ class LatentFilter:
         x = ensf_analysis(x, mean, H, var, gen, kernel=kernel, **self.options)
         if not bool(torch.isfinite(x).all()) or float(x.abs().max()) > scale:
             raise FloatingPointError(
-                "the LD-EnSF analysis diverged (members non-finite or 1000x the forecast's and data's size): the damped guidance's Euler-Maruyama steps are "
-                "unstable for a stiff likelihood (many sensors, small variance); use guidance='tweedie', set clip, "
-                "raise steps or representation_error")
+                "the LD-EnSF analysis diverged (members non-finite or 1000x the forecast's and data's size): the "
+                "damped guidance's explicit steps are unstable for a stiff likelihood (many sensors, small variance); "
+                "use implicit=True or guidance='tweedie', or raise steps or representation_error")
         self.x = x
 
     def sensor_likelihood(self, readings: torch.Tensor, lstm: tuple[torch.Tensor, torch.Tensor],
