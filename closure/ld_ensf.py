@@ -15,7 +15,8 @@ units if given, plus ``representation_error``), the LSTM observing only Re; ``ob
 paper's LSTM estimate of the latent. ``kernel`` (default 0.2) dresses the members in Gaussians so the
 analysis can leave their span (:mod:`latent.ld_ensf`). Those defaults are the best measured on the E3
 twin (``benchmarks/README.md``: relative RMSE 0.31 against the LSTM observation's 0.93). And, with
-``estimate_reynolds`` (default), each member continues at its analysed viscosity ``1 / Re``. The first call draws the members' Re from the model's prior range. The pure-latent mode (no solver) is
+``estimate_reynolds`` (default), each member continues at its analysed viscosity ``1 / Re``. The first call
+draws the members' Re from the model's prior range. The pure-latent mode (no solver) is
 :func:`latent.ld_ensf.run_latent` (``benchmarks/ld_ensf_twin.py``).
 The log is the assimilation plug-ins' plus ``reynolds`` (ensemble mean) and ``reynolds_spread``.
 """

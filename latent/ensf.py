@@ -91,19 +91,18 @@ def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2=None) -> torch.Ten
     With kernel variances ``k2`` ``(dim,)``: member ``j``'s posterior mean is ``c x0_j + alpha k2 / b x``
     (``c = beta^2 / b``) and its covariance ``diag(k2 beta^2 / b)``, so ``C = sum_j w_j c^2 D_j D_j^T + diag(k2 c)``."""
     w = posterior_weights(x, x0, alpha, beta2, None, k2)  # (particles, members)
-    m = w @ x0
-    if k2 is None:
-        A = (x0 @ H.T)[None] - (m @ H.T)[:, None]  # H (x0_j - m): (particles, members, obs)
-        v = _solve_low_rank(w, A, r, y - m @ H.T)  # (H C H^T + R)^-1 (y - H m): (particles, obs)
-        D = x0[None] - m[:, None]  # (particles, members, dim)
-        return alpha / beta2 * _weighted_sum(w, D, A, v)  # J^T H^T v, J = alpha C / beta^2
-    b = _kernel_variance(beta2, alpha, k2)
-    c, spread = beta2 / b, k2 * beta2 / b  # (dim,): the members' share, the kernel's posterior variance
+    m, c, spread = w @ x0, 1.0, None
+    if k2 is not None:
+        b = _kernel_variance(beta2, alpha, k2)
+        c, spread = beta2 / b, k2 * beta2 / b  # (dim,): the members' share, the kernel's posterior variance
     D = (x0[None] - m[:, None]) * c  # (particles, members, dim): mu_j - E[x0 | x]
-    m = c * m + alpha * k2 / b * x
+    if k2 is not None:
+        m = c * m + alpha * k2 / b * x
     A = D @ H.T  # (particles, members, obs)
-    v = _solve_low_rank(w, A, r, y - m @ H.T, (H * spread) @ H.T)  # (particles, obs)
-    return alpha / beta2 * (_weighted_sum(w, D, A, v) + spread * (v @ H))
+    G = None if spread is None else (H * spread) @ H.T
+    v = _solve_low_rank(w, A, r, y - m @ H.T, G)  # (H C H^T + R)^-1 (y - H m): (particles, obs)
+    score = _weighted_sum(w, D, A, v)  # J^T H^T v, J = alpha C / beta^2
+    return alpha / beta2 * (score if spread is None else score + spread * (v @ H))
 
 
 def _weighted_sum(w: torch.Tensor, D: torch.Tensor, A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -194,7 +193,7 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
         alpha, beta2, f, g2 = schedule(t, eps_alpha, eps_beta)
         if implicit:
             x = _implicit_damped_step(x, prior_score(x, x0, alpha, beta2, x0_sq, k2), y, H, eig, r,
-                                      f, g2 * dt, (1 - t) * g2 * dt, dt, next(draws))
+                                      f * dt, g2 * dt, (1 - t) * g2 * dt, next(draws))
             continue
         if guidance == "tweedie":
             like = tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2)
@@ -217,11 +216,11 @@ def _scaled_eigh(H: torch.Tensor, r: torch.Tensor):
     return s, lam, Q
 
 
-def _implicit_damped_step(x, prior, y, H, eig, r, f: float, g2dt: float, c: float, dt: float, noise):
+def _implicit_damped_step(x, prior, y, H, eig, r, fdt: float, g2dt: float, c: float, noise):
     """One linearly implicit Euler-Maruyama step: ``(I + c H^T R^-1 H) x_new = x - (f x - g^2 prior) dt
     + c H^T R^-1 y + sqrt(g^2 dt) noise``, ``c = h(t) g^2 dt``; ``(I + c H^T R^-1 H)^-1 = I - c H^T (R + c H H^T)^-1 H``
     (``H = None``: the identity, a division; ``eig``: :func:`_scaled_eigh`)."""
-    rhs = x - f * dt * x + g2dt * prior + math.sqrt(g2dt) * noise
+    rhs = x - fdt * x + g2dt * prior + math.sqrt(g2dt) * noise
     if H is None:
         return (rhs + c * y / r) / (1 + c / r)
     rhs = rhs + c * (y / r) @ H

@@ -151,14 +151,15 @@ class LatentFilter:
         m = self.model
         u_bar = self.x[:, :-1].mean(0)
 
-        def h(u):  # (latent,) -> (sensors,)
-            return m.sense(m.decode(m.unstandardize(u.to(m.z_mean))[None]))[0].to(torch.float64)
+        def h(u):  # (latent,) -> (sensors,), twice: the Jacobian's output and its value at u_bar
+            out = m.sense(m.decode(m.unstandardize(u.to(m.z_mean))[None]))[0].to(torch.float64)
+            return out, out.detach()
 
-        J = torch.func.jacrev(h)(u_bar)  # (sensors, latent); 2.4x faster than autograd.functional.jacobian here
+        J, h_bar = torch.func.jacrev(h, has_aux=True)(u_bar)  # (sensors, latent): 2.4x faster than autograd's jacobian
         s, d = J.shape[0], self.x.shape[1]
         H = torch.zeros(s + 1, d, dtype=torch.float64, device=J.device)
         H[:s, :-1], H[s, -1] = J, 1.0
-        y = torch.cat([readings.to(J) - h(u_bar) + J @ u_bar, lstm[0][-1:]])
+        y = torch.cat([readings.to(J) - h_bar + J @ u_bar, lstm[0][-1:]])
         noise = torch.full((s,), self.noise_var) if noise_var is None else noise_var
         var = torch.cat([noise.to(J) + self.representation_var, lstm[1][-1:]])
         return y, var, H
