@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LD-EnSF: Gaussian kernel std around each member in the EnSF prior (standardised latent)")
     p.add_argument("--implicit", action="store_true", help="LD-EnSF damped guidance: the stable implicit step")
     p.add_argument("--steps", type=int, default=100, help="LD-EnSF: EnSF pseudo-time steps per analysis (E3: 100)")
+    p.add_argument("--no-unresolved", action="store_true",
+                   help="LD-EnSF hybrid: do not add the members' unresolved part at the sensors to h (closure/ld_ensf.py)")
     p.add_argument("--reproject", action="store_true", help="LD-EnSF: re-encode the decoded analysis members")
     p.add_argument("--fixed-reynolds", action="store_true", help="physical-space filters keep the members' prior Re "
                    "(default: they estimate it jointly, closure.options.reynolds_prior)")
@@ -108,7 +110,8 @@ def _run_method(method, args, cfg, flow, obs, model, norm, model_path, times, tr
         return {"rel": rel.tolist(), "reynolds": res.mean(1).tolist(), "s_per_cycle": float(np.median(secs[1:]))}
     options = dict(OPTIONS.get(method, {}))
     if method == "ld_ensf":
-        options.update(checkpoint=model_path, guidance=args.guidance, inject=args.inject, **_filter_options(args))
+        options.update(checkpoint=model_path, guidance=args.guidance, inject=args.inject,
+                       unresolved=not args.no_unresolved, **_filter_options(args))
     elif method != "none" and not args.fixed_reynolds:
         options.update(reynolds_prior=[cfg.reynolds.min, cfg.reynolds.max])
     plugin = None

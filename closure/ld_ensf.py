@@ -10,7 +10,10 @@ updates codes and Reynolds numbers together. The analysis goes back into the sol
 - ``inject = "replace"``: ``w <- w + nudge (decode(z_a) - w)``;
 
 ``observation = "sensors"`` (default): the analysis sees the sensor readings through the decoder
-linearised at the forecast mean (noise: the run's observation variances, or ``sensor_noise`` in normalised
+linearised at the forecast mean, plus, with ``unresolved`` (default), the members' mean unresolved part at the
+sensors, ``mean_i sense(w_i - decode(encode(w_i)))``: the solver carries the scales the decoder cannot, so the
+latent is fitted only to what it can change (without it the latent is pulled toward the truth's unresolved part
+too, and the members' own is treated as noise) (noise: the run's observation variances, or ``sensor_noise`` in normalised
 units if given, plus ``representation_error``), the LSTM observing only Re; ``observation = "lstm"``: the
 paper's LSTM estimate of the latent. ``kernel`` (default 0.2) dresses the members in Gaussians so the
 analysis can leave their span (:mod:`latent.ld_ensf`). Those defaults are the best measured on the E3
@@ -49,7 +52,7 @@ class LDEnSF(Assimilation):
                  guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02,
                  observation: str = "sensors", sensor_noise: float | None = None,
                  representation_error: float = 0.3, kernel: float = 0.2, implicit: bool = False,
-                 reproject: bool = False) -> None:
+                 reproject: bool = False, unresolved: bool = True) -> None:
         super().__init__(grid, equation, observations, nudge)
         from .learned import load_plugin_model
 
@@ -60,7 +63,7 @@ class LDEnSF(Assimilation):
             "data/e3_small.h5 --config configs/train_ld_ensf.yaml`")
         self._check_sensors()
         self.norm, self.checkpoint = ckpt.normalization, str(checkpoint)
-        self.inject, self.estimate_reynolds = inject, bool(estimate_reynolds)
+        self.inject, self.estimate_reynolds, self.unresolved = inject, bool(estimate_reynolds), bool(unresolved)
         self.filter_options = dict(steps=int(steps), eps_alpha=float(eps_alpha), eps_beta=float(eps_beta), clip=clip,
                                    guidance=guidance, inflation=float(inflation), param_jitter=float(param_jitter),
                                    observation=observation, sensor_noise=sensor_noise,
@@ -100,7 +103,8 @@ class LDEnSF(Assimilation):
         self.last_t = obs.t
         forecast = self.filter.fields(n)
         noise_var = None if self.sensor_noise_given else obs.r.to(self.device, torch.float64) / norm.state_std ** 2
-        self.filter.assimilate(norm.state(obs.y.to(self.device, torch.float32)), noise_var)
+        offset = model.sense(w - forecast).mean(0) if self.unresolved else None  # (sensors,)
+        self.filter.assimilate(norm.state(obs.y.to(self.device, torch.float32)), noise_var, offset)
         analysed = self.filter.fields(n)
         base = forecast if self.inject == "increment" else w
         new = w + (analysed - base)  # the base class moves the state the fraction nudge of the way
@@ -127,4 +131,4 @@ class LDEnSF(Assimilation):
 
     def describe(self) -> str:
         return (f"{super().describe()}, checkpoint {self.checkpoint}, inject {self.inject}, "
-                f"observation {self.filter_options['observation']}")
+                f"observation {self.filter_options['observation']}, unresolved {self.unresolved}")

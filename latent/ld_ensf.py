@@ -144,10 +144,12 @@ class LatentFilter:
         self.x = x
 
     def sensor_likelihood(self, readings: torch.Tensor, lstm: tuple[torch.Tensor, torch.Tensor],
-                          noise_var: torch.Tensor | None = None):
+                          noise_var: torch.Tensor | None = None, offset: torch.Tensor | None = None):
         """The linearised sensor observation (module docstring) of normalised ``readings`` ``(sensors,)``
         joined to the LSTM's observation of the parameter: ``(y, var, H)`` for :meth:`analysis`. ``noise_var``:
-        the readings' noise variances ``(sensors,)`` when known (default: ``sensor_noise^2``)."""
+        the readings' noise variances ``(sensors,)`` when known (default: ``sensor_noise^2``); ``offset``
+        ``(sensors,)``: a known part of the readings the latent does not carry, ``h(u) = sense(decode(u)) + offset``
+        (hybrid: the solver members' mean unresolved part at the sensors, :mod:`closure.ld_ensf`)."""
         m = self.model
         u_bar = self.x[:, :-1].mean(0)
 
@@ -159,19 +161,22 @@ class LatentFilter:
         s, d = J.shape[0], self.x.shape[1]
         H = torch.zeros(s + 1, d, dtype=torch.float64, device=J.device)
         H[:s, :-1], H[s, -1] = J, 1.0
+        if offset is not None:
+            readings = readings - offset.to(readings)
         y = torch.cat([readings.to(J) - h_bar + J @ u_bar, lstm[0][-1:]])
         noise = torch.full((s,), self.noise_var) if noise_var is None else noise_var
         var = torch.cat([noise.to(J) + self.representation_var, lstm[1][-1:]])
         return y, var, H
 
-    def assimilate(self, readings: torch.Tensor, noise_var: torch.Tensor | None = None) -> None:
-        """``observe`` the readings (the LSTM's history), ``analysis`` with the chosen ``observation`` (``noise_var``:
-        :meth:`sensor_likelihood`), ``reproject``."""
+    def assimilate(self, readings: torch.Tensor, noise_var: torch.Tensor | None = None,
+                   offset: torch.Tensor | None = None) -> None:
+        """``observe`` the readings (the LSTM's history), ``analysis`` with the chosen ``observation`` (``noise_var``,
+        ``offset``: :meth:`sensor_likelihood`), ``reproject``."""
         lstm = self.observe(readings)
         if self.observation == "lstm":
             self.analysis(*lstm)
         else:
-            self.analysis(*self.sensor_likelihood(readings, lstm, noise_var))
+            self.analysis(*self.sensor_likelihood(readings, lstm, noise_var, offset))
         if self.reproject:
             self.set_latent(self.fields())
 

@@ -271,6 +271,9 @@ def test_sensor_observation_linearises_the_decoder_at_the_sensors():
     torch.testing.assert_close((y - filt.x @ H.T)[:, :16], readings - sensed, rtol=1e-9, atol=1e-9)
     assert y[16] == lstm[0][-1] and var[16] == lstm[1][-1]
     torch.testing.assert_close(var[:16], torch.full((16,), 0.05, dtype=torch.float64))
+    offset = torch.randn(16, generator=gen, dtype=torch.float64)  # h(u) = sense(decode(u)) + offset
+    y2, _, _ = filt.sensor_likelihood(readings, lstm, offset=offset)
+    torch.testing.assert_close((y2 - filt.x @ H.T)[:, :16], readings - offset - sensed, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="observation"):
         LatentFilter(model, 6, observation="decoder")
     with pytest.raises(ValueError, match="implicit"):
@@ -359,6 +362,26 @@ def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path):
         make_plugin("ld_ensf", grid, eq, observations=other, checkpoint=ckpt)
     with pytest.raises(ValueError, match="needs a trained model"):
         make_plugin("ld_ensf", grid, eq, observations=obs)
+
+
+def test_plugin_leaves_a_perfect_forecast_alone_only_with_unresolved(tmp_path):
+    """Every member equal to the truth, noise-free sensors: with ``unresolved`` the innovation is zero (the
+    decoder's misfit at the sensors is the members' own), so the analysis mean keeps the state (up to the EnSF's
+    sampling of the kernel's spread); without it the latent is pulled toward the truth's unresolved part."""
+    grid = Grid(32, 2 * math.pi)
+    eq = NavierStokes2D(grid, 1e-2, 0.1, kolmogorov_forcing(grid, k_f=4, amplitude=1.0))
+    cls = plugin_class("ld_ensf")
+    ckpt = str(cls.example_checkpoint(tmp_path / "m.pt", grid, eq))
+    truth = band_limited(grid, batch=1, k_min=1, k_max=4, max_velocity=7.0, generator=torch.Generator().manual_seed(3))
+    obs = cls.example_observations(tmp_path / "truth.h5", grid, truth, [0.0], sensors="regular:4x4", noise=1e-6)
+    moved = {}
+    for unresolved in (True, False):
+        plugin = make_plugin("ld_ensf", grid, eq, observations=obs, checkpoint=ckpt, steps=20, unresolved=unresolved,
+                             estimate_reynolds=False)
+        rollout(truth.repeat(8, 1, 1), eq, 0.01, 1, plugin=plugin, every=20)
+        assert plugin.history["rel_rmse_f"][0] < 1e-6
+        moved[unresolved] = plugin.history["rel_rmse_a"][0]  # the analysis mean's relative error
+    assert moved[True] < 0.25 * moved[False], moved
 
 
 def test_warm_start_loads_the_weights_and_rejects_another_architecture(tiny_data, tmp_path, capsys):
