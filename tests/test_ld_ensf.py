@@ -179,6 +179,28 @@ def test_training_runs_both_phases_and_checks_the_data(tiny_data, tmp_path, caps
     assert "frame_dt" in capsys.readouterr().err
 
 
+def test_freeze_autoencoder_trains_the_latent_ode_on_a_fixed_pod(tiny_data, tmp_path):
+    """``freeze_autoencoder``: the encoder / decoder stay the POD start (their nonlinear paths' zero output
+    layers stay zero; one and two phase-1 epochs leave them equal) while the latent vector field moves; it
+    needs ``pod``."""
+    kwargs = ("model.kwargs={latent: 4, width: 4, modes: 6, hidden: 16, ode_hidden: 16, lstm_hidden: 8, n: 32, "
+              "length: 6.283185307179586, window: 3, dynamics_epochs: 2, sensors: 'regular:4x4', pod: true, "
+              "freeze_autoencoder: true}")
+    common = ["train", "--config", "configs/train_ld_ensf.yaml", "--data", str(tiny_data), "--quiet",
+              "--set", "batch_size=2", "--set", kwargs]
+    assert train_closure.main([*common, "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
+    assert train_closure.main([*common, "--epochs", "2", "--out", str(tmp_path / "b")]) == 0
+    start = load_checkpoint(tmp_path / "a" / "last.pt").build_model().state_dict()
+    trained = load_checkpoint(tmp_path / "b" / "last.pt").build_model().state_dict()
+    for name, value in start.items():
+        if name.startswith(("encoder.", "decoder.")):
+            assert torch.equal(value, trained[name]), name
+    assert any(not torch.equal(start[k], trained[k]) for k in start if k.startswith("field."))
+    assert not trained["decoder.net.4.weight"].any() and not trained["encoder.head.weight"].any()
+    with pytest.raises(ValueError, match="pod=true"):
+        tiny_model(freeze_autoencoder=True)
+
+
 class LinearLatentModel:
     """A stand-in ``ld_ensf`` model with known dynamics: ``dz/dt = -(1 + p) z`` rotating in pairs, identity
     encoder / decoder (``z`` is the field), and an observer returning the truth plus known noise."""
