@@ -91,25 +91,18 @@ def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2=None) -> torch.Ten
     With kernel variances ``k2`` ``(dim,)``: member ``j``'s posterior mean is ``c x0_j + alpha k2 / b x``
     (``c = beta^2 / b``) and its covariance ``diag(k2 beta^2 / b)``, so ``C = sum_j w_j c^2 D_j D_j^T + diag(k2 c)``."""
     w = posterior_weights(x, x0, alpha, beta2, None, k2)  # (particles, members)
-    m, c, spread = w @ x0, 1.0, None
+    m0, c, spread = w @ x0, 1.0, None  # m0: the members' weighted mean (particles, dim)
     if k2 is not None:
         b = _kernel_variance(beta2, alpha, k2)
         c, spread = beta2 / b, k2 * beta2 / b  # (dim,): the members' share, the kernel's posterior variance
-    D = (x0[None] - m[:, None]) * c  # (particles, members, dim): mu_j - E[x0 | x]
-    if k2 is not None:
-        m = c * m + alpha * k2 / b * x
-    A = D @ H.T  # (particles, members, obs)
+    # D_pj = c (x0_j - m0_p) is never formed: H D_pj = H c x0_j - H c m0_p, sum_j a_pj D_pj = c (a_p x0 - sum a_p m0_p)
+    A = ((x0 * c) @ H.T)[None] - ((m0 * c) @ H.T)[:, None]  # (particles, members, obs)
+    m = m0 if k2 is None else c * m0 + alpha * k2 / b * x
     G = None if spread is None else (H * spread) @ H.T
     v = _solve_low_rank(w, A, r, y - m @ H.T, G)  # (H C H^T + R)^-1 (y - H m): (particles, obs)
-    score = _weighted_sum(w, D, A, v)  # J^T H^T v, J = alpha C / beta^2
-    return alpha / beta2 * (score if spread is None else score + spread * (v @ H))
-
-
-def _weighted_sum(w: torch.Tensor, D: torch.Tensor, A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``sum_j w_pj (A_pj . v_p) D_pj`` ``(particles, dim)`` as two batched products (``einsum`` of the four
-    operands picks a slow contraction order on CPU)."""
     coef = w * (A @ v[..., None])[..., 0]  # (particles, members)
-    return (coef[:, None] @ D)[:, 0]
+    score = c * (coef @ x0 - coef.sum(1, keepdim=True) * m0)  # J^T H^T v, J = alpha C / beta^2
+    return alpha / beta2 * (score if spread is None else score + spread * (v @ H))
 
 
 def _solve_low_rank(w: torch.Tensor, A: torch.Tensor, r: torch.Tensor, b: torch.Tensor,

@@ -74,6 +74,17 @@ def test_decoder_is_band_limited_and_answers_any_coordinate():
     assert torch.allclose(model.query(z, q), direct, atol=1e-10)
 
 
+def test_sense_latent_equals_sensing_the_decoded_field():
+    """The grid-free sensor readings of a code (amplitudes times a cached map) equal ``sense(decode(z))`` to
+    round-off, in float64 and float32, for a nonlinear decoder."""
+    model = tiny_model(latent=5).double()
+    z = torch.randn(3, 5, dtype=torch.float64)
+    torch.testing.assert_close(model.sense_latent(z), model.sense(model.decode(z)), rtol=1e-10, atol=1e-10)
+    model = model.float()
+    torch.testing.assert_close(model.sense_latent(z.float()), model.sense(model.decode(z.float())),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_pod_option_starts_the_autoencoder_at_the_band_limited_pod():
     """With ``pod``, ``fit_data`` makes decode(encode(w)) the projection of w's band-limited part onto the
     leading POD modes of the (shifted) training frames: exact on a field in their span, orthogonal
