@@ -83,13 +83,15 @@ def prior_score(x: torch.Tensor, x0: torch.Tensor, alpha: float, beta2: float,
     return (alpha * posterior_weights(x, x0, alpha, beta2, x0_sq, k2) @ x0 - x) / b
 
 
-def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2=None) -> torch.Tensor:
+def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2=None, gram=None) -> torch.Tensor:
     """``grad_x log N(y; H m, H C H^T + R)`` with ``m = E[x0 | x]``, ``C = Cov[x0 | x]`` under the ensemble
     mixture and ``dm/dx = alpha C / beta^2`` (``C`` held fixed): the exact diffused likelihood when the prior
     is Gaussian, a training-free alternative to the damped ``h(t) grad log p(y | x)``.
 
     With kernel variances ``k2`` ``(dim,)``: member ``j``'s posterior mean is ``c x0_j + alpha k2 / b x``
-    (``c = beta^2 / b``) and its covariance ``diag(k2 beta^2 / b)``, so ``C = sum_j w_j c^2 D_j D_j^T + diag(k2 c)``."""
+    (``c = beta^2 / b``) and its covariance ``diag(k2 beta^2 / b)``, so ``C = sum_j w_j c^2 D_j D_j^T + diag(k2 c)``.
+    ``gram``: :func:`_kernel_gram`'s ``(value, eig)`` when the kernel has one nonzero value: then
+    ``(H diag(k2 c) H^T + R)^-1`` comes from one eigendecomposition per analysis instead of a Cholesky per step."""
     w = posterior_weights(x, x0, alpha, beta2, None, k2)  # (particles, members)
     m0, c, spread = w @ x0, 1.0, None  # m0: the members' weighted mean (particles, dim)
     if k2 is not None:
@@ -98,22 +100,34 @@ def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2=None) -> torch.Ten
     # D_pj = c (x0_j - m0_p) is never formed: H D_pj = H c x0_j - H c m0_p, sum_j a_pj D_pj = c (a_p x0 - sum a_p m0_p)
     A = ((x0 * c) @ H.T)[None] - ((m0 * c) @ H.T)[:, None]  # (particles, members, obs)
     m = m0 if k2 is None else c * m0 + alpha * k2 / b * x
-    G = None if spread is None else (H * spread) @ H.T
-    v = _solve_low_rank(w, A, r, y - m @ H.T, G)  # (H C H^T + R)^-1 (y - H m): (particles, obs)
+    G = F = None
+    if gram is not None:  # M = c_k H_k H_k^T + R, M^-1 = F F^T
+        value, (s, lam, Q) = gram
+        c_k = value * beta2 / (beta2 + alpha ** 2 * value)
+        F = s[:, None] * Q * (c_k * lam + 1).rsqrt()
+    elif spread is not None:
+        G = (H * spread) @ H.T
+    v = _solve_low_rank(w, A, r, y - m @ H.T, G, F)  # (H C H^T + R)^-1 (y - H m): (particles, obs)
     coef = w * (A @ v[..., None])[..., 0]  # (particles, members)
     score = c * (coef @ x0 - coef.sum(1, keepdim=True) * m0)  # J^T H^T v, J = alpha C / beta^2
     return alpha / beta2 * (score if spread is None else score + spread * (v @ H))
 
 
 def _solve_low_rank(w: torch.Tensor, A: torch.Tensor, r: torch.Tensor, b: torch.Tensor,
-                    G: torch.Tensor | None = None) -> torch.Tensor:
+                    G: torch.Tensor | None = None, F: torch.Tensor | None = None) -> torch.Tensor:
     """``(A^T diag(w) A + M)^-1 b`` per particle, ``M = diag(r) + G`` (``G`` ``(obs, obs)``, shared by the particles,
-    optional), ``w`` ``(p, m)``, ``A`` ``(p, m, obs)``, ``b`` ``(p, obs)``.
+    optional), ``w`` ``(p, m)``, ``A`` ``(p, m, obs)``, ``b`` ``(p, obs)``; or, given ``F`` ``(obs, obs)`` with
+    ``M^-1 = F F^T`` (then ``G`` and ``r`` are not used), Woodbury through ``B = sqrt(w) A F``.
 
     With fewer members than observations, by Woodbury through ``B = sqrt(w) A M^-1/2`` (an ``m x m`` solve
     per particle, stable when weights vanish; ``M^1/2`` its Cholesky factor, one per call):
     ``S^-1 = M^-1/2 (I - B^T (I + B B^T)^-1 B) M^-1/2``; otherwise the ``obs x obs`` system directly."""
     m, obs = A.shape[-2:]
+    if F is not None:
+        B, c = (w.sqrt()[..., None] * A) @ F, b @ F
+        inner = torch.eye(m, dtype=A.dtype, device=A.device) + B @ B.transpose(-1, -2)
+        correction = (B.transpose(-1, -2) @ torch.linalg.solve(inner, (B @ c[..., None])))[..., 0]
+        return (c - correction) @ F.T
     if obs <= m:
         S = torch.einsum("pj,pjo,pjq->poq", w, A, A) + torch.diag(r)
         return torch.linalg.solve(S if G is None else S + G, b[..., None])[..., 0]
@@ -181,6 +195,7 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
     if guidance == "damped" and H is None and clip is None and k2 is None and not implicit:
         return _damped_identity(x, x0, x0_sq, y, r, draws, steps, eps_alpha, eps_beta)
     eig = None if H is None or not implicit else _scaled_eigh(H, r)
+    gram = _kernel_gram(H, r, k2) if guidance == "tweedie" and k2 is not None else None
     for i in range(steps):
         t = 1.0 - i * dt
         alpha, beta2, f, g2 = schedule(t, eps_alpha, eps_beta)
@@ -189,7 +204,7 @@ def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.T
                                       f * dt, g2 * dt, (1 - t) * g2 * dt, next(draws))
             continue
         if guidance == "tweedie":
-            like = tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2)
+            like = tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2, gram)
         elif H is None:
             like = (1 - t) * (y - x) / r
         else:
@@ -207,6 +222,15 @@ def _scaled_eigh(H: torch.Tensor, r: torch.Tensor):
     s = r.rsqrt()
     lam, Q = torch.linalg.eigh(s[:, None] * (H @ H.T) * s)
     return s, lam, Q
+
+
+def _kernel_gram(H: torch.Tensor, r: torch.Tensor, k2: torch.Tensor):
+    """``(value, _scaled_eigh(H_k, r))`` when the kernel variances ``k2`` ``(dim,)`` take one nonzero value on the
+    columns ``H_k`` of ``H`` (zero elsewhere), so ``H diag(spread) H^T = c H_k H_k^T`` at every step; else None."""
+    on = k2 > 0
+    if not bool(on.any()) or not bool((k2[on] == k2[on][0]).all()):
+        return None
+    return float(k2[on][0]), _scaled_eigh(H * on, r)
 
 
 def _implicit_damped_step(x, prior, y, H, eig, r, fdt: float, g2dt: float, c: float, noise):

@@ -111,6 +111,25 @@ def test_low_rank_solve_with_a_shared_dense_part_is_the_direct_solve(members):
         torch.testing.assert_close(_solve_low_rank(w, A, r, b, G), torch.linalg.solve(S, b[..., None])[..., 0])
 
 
+def test_tweedie_score_with_a_one_valued_kernel_gram_equals_the_general_path():
+    """A kernel with one nonzero value (the latent components; the parameter none): the per-analysis
+    eigendecomposition gives the same Tweedie score as the per-step dense solve; other kernels get no gram."""
+    from latent.ensf import _kernel_gram, tweedie_likelihood_score
+
+    g = torch.Generator().manual_seed(6)
+    x, x0 = (torch.randn(4, 9, generator=g, dtype=torch.float64) for _ in range(2))
+    H, y = torch.randn(12, 9, generator=g, dtype=torch.float64), torch.randn(12, generator=g, dtype=torch.float64)
+    r = 0.1 + torch.rand(12, generator=g, dtype=torch.float64)
+    k2 = torch.full((9,), 0.3, dtype=torch.float64)
+    k2[-1] = 0.0
+    gram = _kernel_gram(H, r, k2)
+    for alpha, beta2 in ((0.9, 0.2), (0.3, 0.9)):
+        torch.testing.assert_close(tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2, gram),
+                                   tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2))
+    k2[0] = 0.5
+    assert _kernel_gram(H, r, k2) is None and _kernel_gram(H, r, torch.zeros(9, dtype=torch.float64)) is None
+
+
 def test_implicit_damped_step_is_stable_on_a_stiff_likelihood_and_consistent_otherwise():
     """Precise observations (noise variance 1e-4) and 20 pseudo-steps: the explicit damped step diverges, the
     implicit one lands the observed components on the data; on the mild problem both agree to O(dt)."""
