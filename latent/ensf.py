@@ -101,11 +101,11 @@ def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2=None, gram=None) -
     A = ((x0 * c) @ H.T)[None] - ((m0 * c) @ H.T)[:, None]  # (particles, members, obs)
     m = m0 if k2 is None else c * m0 + alpha * k2 / b * x
     G = F = None
-    if gram is not None:  # M = c_k H_k H_k^T + R, M^-1 = F F^T
+    if gram is not None and H.shape[0] > x0.shape[0]:  # Woodbury's case: M = c_k H_k H_k^T + R, M^-1 = F F^T
         value, (s, lam, Q) = gram
         c_k = value * beta2 / (beta2 + alpha ** 2 * value)
         F = s[:, None] * Q * (c_k * lam + 1).rsqrt()
-    elif spread is not None:
+    elif spread is not None:  # (also with fewer observations than members: the direct solve needs M itself)
         G = (H * spread) @ H.T
     v = _solve_low_rank(w, A, r, y - m @ H.T, G, F)  # (H C H^T + R)^-1 (y - H m): (particles, obs)
     coef = w * (A @ v[..., None])[..., 0]  # (particles, members)

@@ -34,6 +34,7 @@ from .ensf import GUIDANCE, ensf_analysis
 __all__ = ["LatentFilter", "run_latent", "OBSERVATIONS"]
 
 OBSERVATIONS = ("lstm", "sensors")
+PARAMETER_UPDATES = ("joint", "separate")
 
 
 class LatentFilter:
@@ -49,16 +50,21 @@ class LatentFilter:
     analysis can leave the span of the members; ``implicit``: the damped guidance's stable step (many precise
     sensors make the explicit one diverge); ``reproject``: after each analysis, every member's latent is
     replaced by the code of its decoded field, ``u <- standardize(encode(decode(u)))``: back onto the codes the
-    latent ODE was trained on (the kernel's analysis may leave them)."""
+    latent ODE was trained on (the kernel's analysis may leave them); ``parameter`` (sensor observation):
+    ``joint`` (the EnSF analyses ``[u, p]`` together: ``p`` moves by the mixture weights, which many precise
+    sensors make nearly one-hot, so ``p`` jumps to one member's) or ``separate`` (the EnSF analyses ``u``; ``p``
+    gets a stochastic EnKF update from the LSTM's observation of it alone)."""
 
     def __init__(self, model, members: int, generator: torch.Generator | None = None, steps: int = 100,
                  eps_alpha: float = 0.01, eps_beta: float = 0.0, clip: float | None = None,
                  guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02,
                  observation: str = "lstm", sensor_noise: float | None = None,
                  representation_error: float = 0.3, kernel: float = 0.0, implicit: bool = False,
-                 reproject: bool = False) -> None:
+                 reproject: bool = False, parameter: str = "joint") -> None:
         if observation not in OBSERVATIONS:
             raise ValueError(f"unknown LD-EnSF observation {observation!r}; choose one of {list(OBSERVATIONS)}")
+        if parameter not in PARAMETER_UPDATES:
+            raise ValueError(f"unknown LD-EnSF parameter update {parameter!r}; choose one of {list(PARAMETER_UPDATES)}")
         if guidance not in GUIDANCE:
             raise ValueError(f"unknown EnSF guidance {guidance!r}; choose one of {list(GUIDANCE)}")
         if implicit and (guidance != "damped" or clip is not None):
@@ -70,7 +76,7 @@ class LatentFilter:
         self.options = dict(steps=steps, eps_alpha=eps_alpha, eps_beta=eps_beta, clip=clip, guidance=guidance,
                             implicit=bool(implicit))
         self.inflation, self.param_jitter, self.kernel = inflation, param_jitter, float(kernel)
-        self.observation, self.reproject = observation, bool(reproject)
+        self.observation, self.reproject, self.parameter = observation, bool(reproject), parameter
         noise = getattr(model, "obs_noise", 0.1) if sensor_noise is None else sensor_noise
         if noise < 0 or representation_error < 0 or noise + representation_error == 0:
             raise ValueError(f"need sensor_noise, representation_error >= 0, not both 0; got {noise}, "
@@ -122,10 +128,12 @@ class LatentFilter:
         return self.last_observation
 
     @torch.no_grad()
-    def analysis(self, mean: torch.Tensor, var: torch.Tensor, H: torch.Tensor | None = None) -> None:
+    def analysis(self, mean: torch.Tensor, var: torch.Tensor, H: torch.Tensor | None = None,
+                 latent_only: bool = False) -> None:
         """EnSF update of the ensemble with observations ``mean`` of noise ``var`` ``(obs,)`` of ``H x``
-        ``(obs, latent + 1)``; ``H = None``: the LSTM's latent observation, every component observed."""
-        x = self.x
+        ``(obs, latent + 1)``; ``H = None``: the LSTM's latent observation, every component observed.
+        ``latent_only``: the EnSF sees ``u`` alone (``H`` ``(obs, latent)``), ``p`` is left as it is."""
+        x = self.x[:, :-1] if latent_only else self.x
         if self.inflation > 1:
             center = x.mean(0)
             x = center + self.inflation ** 0.5 * (x - center)
@@ -133,7 +141,8 @@ class LatentFilter:
         kernel = None
         if self.kernel > 0:  # the latent components only
             kernel = torch.full((x.shape[1],), self.kernel, dtype=x.dtype, device=x.device)
-            kernel[-1] = 0.0
+            if not latent_only:
+                kernel[-1] = 0.0
         scale = 1e3 * (1 + max(float(x.abs().max()), float(mean.abs().max())))  # posteriors lie near prior and data
         x = ensf_analysis(x, mean, H, var, gen, kernel=kernel, **self.options)
         if not bool(torch.isfinite(x).all()) or float(x.abs().max()) > scale:
@@ -141,7 +150,16 @@ class LatentFilter:
                 "the LD-EnSF analysis diverged (members non-finite or 1000x the forecast's and data's size): the "
                 "damped guidance's explicit steps are unstable for a stiff likelihood (many sensors, small variance); "
                 "use implicit=True or guidance='tweedie', or raise steps or representation_error")
-        self.x = x
+        self.x = torch.cat([x, self.x[:, -1:]], 1) if latent_only else x
+
+    @torch.no_grad()
+    def parameter_update(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Stochastic EnKF update of the members' parameters ``p`` by one observation ``mean`` of variance
+        ``var`` (scalars: the LSTM's): ``p_i += K (mean + sqrt(var) e_i - p_i)``, ``K = var_p / (var_p + var)``."""
+        p = self.x[:, -1]
+        gain = p.var() / (p.var() + var)
+        perturbed = mean + var.sqrt() * self._randn(self.members)
+        self.x[:, -1] = p + gain * (perturbed - p)
 
     def sensor_likelihood(self, readings: torch.Tensor, lstm: tuple[torch.Tensor, torch.Tensor],
                           noise_var: torch.Tensor | None = None, offset: torch.Tensor | None = None):
@@ -175,8 +193,12 @@ class LatentFilter:
         lstm = self.observe(readings)
         if self.observation == "lstm":
             self.analysis(*lstm)
-        else:
+        elif self.parameter == "joint":
             self.analysis(*self.sensor_likelihood(readings, lstm, noise_var, offset))
+        else:
+            y, var, H = self.sensor_likelihood(readings, lstm, noise_var, offset)
+            self.analysis(y[:-1], var[:-1], H[:-1, :-1], latent_only=True)
+            self.parameter_update(y[-1], var[-1])
         if self.reproject:
             self.set_latent(self.fields())
 

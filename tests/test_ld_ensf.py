@@ -337,6 +337,27 @@ def test_kernel_lets_the_sensor_analysis_leave_the_members_span():
     assert errors[0.0][1] > 0.5 * errors[0.0][0], errors
 
 
+def test_separate_parameter_update_is_the_kalman_update_by_the_lstm():
+    """``parameter = "separate"``: the EnSF analyses the latent alone and the parameters get the stochastic EnKF
+    update by the LSTM's observation: their mean moves by the Kalman gain (300 members: within sampling error)."""
+    model = _linear_decoder_model()
+    gen = torch.Generator().manual_seed(3)
+    filt = LatentFilter(model, 300, gen, steps=5, guidance="tweedie", observation="sensors", sensor_noise=0.1,
+                        parameter="separate")
+    filt.x = torch.randn(300, 9, generator=gen, dtype=torch.float64)
+    filt.x[:, -1] = 0.5 + 0.2 * filt.x[:, -1]
+    p_mean, p_var = float(filt.x[:, -1].mean()), float(filt.x[:, -1].var())
+    lstm = (torch.full((9,), -0.3, dtype=torch.float64), torch.full((9,), 0.04, dtype=torch.float64))
+    filt.observe = lambda readings: lstm  # the LSTM's answer, fixed
+    filt.assimilate(torch.zeros(16, dtype=torch.float64))
+    gain = p_var / (p_var + 0.04)
+    expected = p_mean + gain * (-0.3 - p_mean)
+    assert abs(float(filt.x[:, -1].mean()) - expected) < 0.03, (float(filt.x[:, -1].mean()), expected)
+    assert abs(float(filt.x[:, -1].var()) - (1 - gain) * p_var) < 0.3 * (1 - gain) * p_var
+    with pytest.raises(ValueError, match="parameter update"):
+        LatentFilter(model, 4, parameter="both")
+
+
 def test_reproject_re_encodes_the_decoded_analysis():
     """``reproject``: the analysis members' latents become the codes of their decoded fields (same draws
     otherwise), the parameters untouched."""
