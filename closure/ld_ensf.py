@@ -52,7 +52,8 @@ class LDEnSF(Assimilation):
                  guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02,
                  observation: str = "sensors", sensor_noise: float | None = None,
                  representation_error: float = 0.3, kernel: float = 0.2, implicit: bool = False,
-                 reproject: bool = False, unresolved: bool = True, parameter: str = "joint") -> None:
+                 reproject: bool = False, unresolved: bool = True, parameter: str = "joint",
+                 kernel_scale: str = "fixed") -> None:
         super().__init__(grid, equation, observations, nudge)
         from .learned import load_plugin_model
 
@@ -68,7 +69,8 @@ class LDEnSF(Assimilation):
                                    guidance=guidance, inflation=float(inflation), param_jitter=float(param_jitter),
                                    observation=observation, sensor_noise=sensor_noise,
                                    representation_error=float(representation_error), kernel=float(kernel),
-                                   implicit=bool(implicit), reproject=bool(reproject), parameter=parameter)
+                                   implicit=bool(implicit), reproject=bool(reproject), parameter=parameter,
+                                   kernel_scale=kernel_scale)
         self.sensor_noise_given = sensor_noise is not None
         self.filter = None
         self.last_t: float | None = None

@@ -53,16 +53,20 @@ class LatentFilter:
     latent ODE was trained on (the kernel's analysis may leave them); ``parameter`` (sensor observation):
     ``joint`` (the EnSF analyses ``[u, p]`` together: ``p`` moves by the mixture weights, which many precise
     sensors make nearly one-hot, so ``p`` jumps to one member's) or ``separate`` (the EnSF analyses ``u``; ``p``
-    gets a stochastic EnKF update from the LSTM's observation of it alone)."""
+    gets a stochastic EnKF update from the LSTM's observation of it alone); ``kernel_scale``: ``fixed`` (``kernel``
+    in standardised units, the same for every component) or ``spread`` (``kernel`` times each component's ensemble
+    standard deviation: the per-dimension bandwidth of a kernel density estimate)."""
 
     def __init__(self, model, members: int, generator: torch.Generator | None = None, steps: int = 100,
                  eps_alpha: float = 0.01, eps_beta: float = 0.0, clip: float | None = None,
                  guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02,
                  observation: str = "lstm", sensor_noise: float | None = None,
                  representation_error: float = 0.3, kernel: float = 0.0, implicit: bool = False,
-                 reproject: bool = False, parameter: str = "joint") -> None:
+                 reproject: bool = False, parameter: str = "joint", kernel_scale: str = "fixed") -> None:
         if observation not in OBSERVATIONS:
             raise ValueError(f"unknown LD-EnSF observation {observation!r}; choose one of {list(OBSERVATIONS)}")
+        if kernel_scale not in ("fixed", "spread"):
+            raise ValueError(f"unknown kernel_scale {kernel_scale!r}; choose 'fixed' or 'spread'")
         if parameter not in PARAMETER_UPDATES:
             raise ValueError(f"unknown LD-EnSF parameter update {parameter!r}; choose one of {list(PARAMETER_UPDATES)}")
         if guidance not in GUIDANCE:
@@ -76,6 +80,7 @@ class LatentFilter:
         self.options = dict(steps=steps, eps_alpha=eps_alpha, eps_beta=eps_beta, clip=clip, guidance=guidance,
                             implicit=bool(implicit))
         self.inflation, self.param_jitter, self.kernel = inflation, param_jitter, float(kernel)
+        self.kernel_scale = kernel_scale
         self.observation, self.reproject, self.parameter = observation, bool(reproject), parameter
         noise = getattr(model, "obs_noise", 0.1) if sensor_noise is None else sensor_noise
         if noise < 0 or representation_error < 0 or noise + representation_error == 0:
@@ -141,6 +146,8 @@ class LatentFilter:
         kernel = None
         if self.kernel > 0:  # the latent components only
             kernel = torch.full((x.shape[1],), self.kernel, dtype=x.dtype, device=x.device)
+            if self.kernel_scale == "spread":
+                kernel = kernel * x.std(0)
             if not latent_only:
                 kernel[-1] = 0.0
         scale = 1e3 * (1 + max(float(x.abs().max()), float(mean.abs().max())))  # posteriors lie near prior and data

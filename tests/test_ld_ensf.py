@@ -358,6 +358,30 @@ def test_separate_parameter_update_is_the_kalman_update_by_the_lstm():
         LatentFilter(model, 4, parameter="both")
 
 
+def test_spread_kernel_scales_with_each_components_ensemble_spread(monkeypatch):
+    """``kernel_scale = "spread"``: the EnSF gets ``kernel x`` each latent component's ensemble std (the parameter
+    none); ``fixed``: ``kernel`` everywhere; anything else is a clear error."""
+    import latent.ld_ensf as ld
+
+    seen = {}
+
+    def capture(x, y, H, r, generator, kernel=None, **options):
+        seen["kernel"] = kernel
+        return x
+
+    monkeypatch.setattr(ld, "ensf_analysis", capture)
+    model = _linear_decoder_model()
+    x = torch.randn(6, 9, dtype=torch.float64) * torch.arange(1, 10, dtype=torch.float64)
+    for scale, expected in (("spread", 0.5 * x.std(0)), ("fixed", torch.full((9,), 0.5, dtype=torch.float64))):
+        filt = LatentFilter(model, 6, observation="sensors", kernel=0.5, kernel_scale=scale)
+        filt.x = x.clone()
+        filt.analysis(torch.zeros(9, dtype=torch.float64), torch.ones(9, dtype=torch.float64))
+        expected[-1] = 0.0
+        torch.testing.assert_close(seen["kernel"], expected)
+    with pytest.raises(ValueError, match="kernel_scale"):
+        LatentFilter(model, 6, kernel_scale="adaptive")
+
+
 def test_reproject_re_encodes_the_decoded_analysis():
     """``reproject``: the analysis members' latents become the codes of their decoded fields (same draws
     otherwise), the parameters untouched."""
