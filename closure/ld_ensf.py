@@ -9,18 +9,19 @@ updates codes and Reynolds numbers together. The analysis goes back into the sol
   increment only, so the scales the decoder cannot represent are kept from the solver;
 - ``inject = "replace"``: ``w <- w + nudge (decode(z_a) - w)``;
 
-``observation = "sensors"`` (default): the analysis sees the sensor readings through the decoder
+``observation = "sensors"`` (default): the analysis sees the sensor readings (noise: the run's observation
+variances, or ``sensor_noise`` in normalised units if given, plus ``representation_error``) through the decoder
 linearised at the forecast mean, plus, with ``unresolved`` (default), the members' mean unresolved part at the
 sensors, ``mean_i sense(w_i - decode(encode(w_i)))``: the solver carries the scales the decoder cannot, so the
 latent is fitted only to what it can change (without it the latent is pulled toward the truth's unresolved part
-too, and the members' own is treated as noise) (noise: the run's observation variances, or ``sensor_noise`` in normalised
-units if given, plus ``representation_error``), the LSTM observing only Re; ``observation = "lstm"``: the
-paper's LSTM estimate of the latent. ``kernel`` (default 0.2) dresses the members in Gaussians so the
-analysis can leave their span (:mod:`latent.ld_ensf`). Those defaults are the best measured on the E3
-twin (``benchmarks/README.md``: relative RMSE 0.31 against the LSTM observation's 0.93). And, with
-``estimate_reynolds`` (default), each member continues at its analysed viscosity ``1 / Re``. The first call
-draws the members' Re from the model's prior range. The pure-latent mode (no solver) is
-:func:`latent.ld_ensf.run_latent` (``benchmarks/ld_ensf_twin.py``).
+too, and the members' own is treated as noise). ``observation = "lstm"``: the paper's LSTM estimate of the
+latent. ``kernel`` (default 0.2) dresses the members in Gaussians so the analysis can leave their span;
+``parameter = "separate"`` (default) updates Re by the LSTM's estimate alone (``joint``: with the latent, where
+the sensors' nearly one-hot mixture weights make it jump between members; :mod:`latent.ld_ensf`). Those
+defaults are the best measured on the E3 twin (``benchmarks/README.md``). With ``estimate_reynolds``
+(default), each member continues at its analysed viscosity ``1 / Re``. The first call draws the members' Re
+from the model's prior range. The pure-latent mode (no solver) is :func:`latent.ld_ensf.run_latent`
+(``benchmarks/ld_ensf_twin.py``).
 The log is the assimilation plug-ins' plus ``reynolds`` (ensemble mean) and ``reynolds_spread``.
 """
 from __future__ import annotations
@@ -51,8 +52,8 @@ class LDEnSF(Assimilation):
                  eps_alpha: float = 0.01, eps_beta: float = 0.0, clip: float | None = None,
                  guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02,
                  observation: str = "sensors", sensor_noise: float | None = None,
-                 representation_error: float = 0.3, kernel: float = 0.2, implicit: bool = False,
-                 reproject: bool = False, unresolved: bool = True, parameter: str = "joint",
+                 representation_error: float = 0.15, kernel: float = 0.2, implicit: bool = False,
+                 reproject: bool = False, unresolved: bool = True, parameter: str = "separate",
                  kernel_scale: str = "fixed") -> None:
         super().__init__(grid, equation, observations, nudge)
         from .learned import load_plugin_model
