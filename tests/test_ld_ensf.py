@@ -479,3 +479,29 @@ def test_warm_start_loads_the_weights_and_rejects_another_architecture(tiny_data
     wider = [w.replace("latent: 4", "latent: 5") for w in warm]
     assert train_closure.main([*wider, "--out", str(tmp_path / "c")]) == 2
     assert "init_from" in capsys.readouterr().err
+
+
+def test_twin_benchmark_runs_every_method_and_records_its_setup(tiny_data, tmp_path):
+    """``benchmarks/ld_ensf_twin.py`` end to end at toy size (a 2-epoch model, 4 members, 3 cycles): every method
+    gets a row with a relative-error curve per cycle, the free run stays near 1, and the JSON records the options."""
+    from test_benchmarks import benchmark
+
+    common = ["train", "--config", "configs/train_ld_ensf.yaml", "--data", str(tiny_data), "--quiet",
+              "--epochs", "2", "--set", "batch_size=2", "--set", "model.kwargs={latent: 4, width: 4, modes: 6, "
+              "hidden: 16, ode_hidden: 16, lstm_hidden: 8, n: 32, length: 6.283185307179586, window: 3, "
+              "dynamics_epochs: 1, sensors: 'regular:4x4'}"]
+    assert train_closure.main([*common, "--out", str(tmp_path / "run")]) == 0
+    out = tmp_path / "twin.json"
+    twin = benchmark("ld_ensf_twin")
+    assert twin.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tiny_data), "--truths", "0",
+                      "--members", "4", "--cycles", "3", "--steps", "5", "--observation", "sensors", "--kernel", "0.2",
+                      "--parameter", "separate", "--json", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == set(twin.METHODS)
+    assert result["setup"]["parameter"] == "separate" and result["setup"]["kernel"] == 0.2
+    for name, row in result["methods"].items():
+        assert len(row["rel_curve"]) == 4, name
+    assert 0.5 < result["methods"]["none"]["rel_end"] < 2
+    assert np.isfinite(result["methods"]["ld_ensf"]["rel_end"]) and out.with_suffix(".md").exists()
