@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100, help="LD-EnSF: EnSF pseudo-time steps per analysis (E3: 100)")
     p.add_argument("--parameter", default="joint", choices=["joint", "separate"],
                    help="LD-EnSF sensors: Re analysed with the latent (joint) or by the LSTM alone (separate)")
+    p.add_argument("--sampler", default="ensf", choices=["ensf", "exact"],
+                   help="LD-EnSF sensors: the EnSF's reverse SDE or the exact Gaussian-mixture posterior (reference)")
     p.add_argument("--inflation", type=float, default=1.0,
                    help="LD-EnSF: multiplicative inflation of the latent forecast anomalies (1: none)")
     p.add_argument("--kernel-scale", default="fixed", choices=["fixed", "spread"],
@@ -101,7 +103,8 @@ def _filter_options(args) -> dict:
     """LD-EnSF's observation options (both modes)."""
     return dict(observation=args.observation, sensor_noise=args.noise, representation_error=args.representation_error,
                 kernel=args.kernel, implicit=args.implicit, reproject=args.reproject, steps=args.steps,
-                parameter=args.parameter, kernel_scale=args.kernel_scale, inflation=args.inflation)
+                parameter=args.parameter, kernel_scale=args.kernel_scale, inflation=args.inflation,
+                sampler=args.sampler)
 
 
 def _run_method(method, args, cfg, flow, obs, model, norm, model_path, times, truth64, scale) -> dict:

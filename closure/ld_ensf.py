@@ -54,7 +54,7 @@ class LDEnSF(Assimilation):
                  observation: str = "sensors", sensor_noise: float | None = None,
                  representation_error: float = 0.15, kernel: float = 0.2, implicit: bool = False,
                  reproject: bool = False, unresolved: bool = True, parameter: str = "separate",
-                 kernel_scale: str = "fixed") -> None:
+                 kernel_scale: str = "fixed", sampler: str = "ensf") -> None:
         super().__init__(grid, equation, observations, nudge)
         from .learned import load_plugin_model
 
@@ -71,7 +71,7 @@ class LDEnSF(Assimilation):
                                    observation=observation, sensor_noise=sensor_noise,
                                    representation_error=float(representation_error), kernel=float(kernel),
                                    implicit=bool(implicit), reproject=bool(reproject), parameter=parameter,
-                                   kernel_scale=kernel_scale)
+                                   kernel_scale=kernel_scale, sampler=sampler)
         self.sensor_noise_given = sensor_noise is not None
         self.filter = None
         self.last_t: float | None = None

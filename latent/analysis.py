@@ -1,6 +1,7 @@
 """Ensemble analysis steps as pure functions (shared by the assimilation plug-ins): the exact
-Kalman posterior (the reference), the stochastic EnKF and the local ensemble transform Kalman filter
-(LETKF, Hunt et al. 2007) with Gaspari-Cohn localisation.
+Kalman posterior (the reference), the stochastic EnKF, the local ensemble transform Kalman filter
+(LETKF, Hunt et al. 2007) with Gaspari-Cohn localisation, and exact sampling of a kernel-dressed ensemble's
+posterior (a Gaussian mixture filter: what an EnSF with a kernel approximates by its reverse SDE).
 
 Ensembles are ``(members, dim)`` (flatten fields first), observations ``y`` ``(obs,)``, the
 observation error is Gaussian with variances ``r`` ``(obs,)`` (diagonal ``R``). ``observe`` maps
@@ -15,7 +16,8 @@ import torch
 
 from solvers.random import normal_like
 
-__all__ = ["enkf_analysis", "enkf_update", "perturbed_innovations", "kalman_posterior", "letkf_analysis",
+__all__ = ["enkf_analysis", "enkf_update", "perturbed_innovations", "kalman_posterior", "mixture_analysis",
+           "letkf_analysis",
            "letkf_transforms", "ensemble_transform", "gaspari_cohn", "periodic_distance"]
 
 Observe = Callable[[torch.Tensor], torch.Tensor]
@@ -27,6 +29,29 @@ def kalman_posterior(mean: torch.Tensor, cov: torch.Tensor, y: torch.Tensor, H: 
     S = H @ cov @ H.T + torch.diag(r)
     K = torch.linalg.solve(S, H @ cov).T
     return mean + K @ (y - H @ mean), cov - K @ H @ cov
+
+
+def mixture_analysis(X: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.Tensor, kernel: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Samples ``(members, dim)`` of the exact posterior of the kernel-dressed ensemble prior
+    ``(1/N) sum_j N(x_j, diag(kernel^2))`` (``X`` ``(members, dim)``, ``kernel`` ``(dim,)`` standard deviations)
+    for ``y = H x + N(0, diag r)``: the Gaussian mixture ``sum_j w_j N(m_j, P)`` with
+    ``w_j ~ N(y; H x_j, S)``, ``S = H K H^T + R``, ``m_j = x_j + K H^T S^-1 (y - H x_j)``, ``P = K - K H^T S^-1 H K``.
+    One sample per member: a component drawn by the weights, then ``m_j + u - K H^T S^-1 (H u - v)`` with
+    ``u ~ N(0, K)``, ``v ~ N(0, R)`` (a draw of ``N(0, P)``). Costs one ``obs x obs`` Cholesky."""
+    k2 = kernel.to(X) ** 2
+    L = torch.linalg.cholesky((H * k2) @ H.T + torch.diag(r))  # S = L L^T
+
+    def gain(v: torch.Tensor) -> torch.Tensor:  # rows v (k, obs) -> K H^T S^-1 v: (k, dim)
+        return torch.cholesky_solve(v.T, L).T @ H * k2
+
+    innovation = y - X @ H.T  # (members, obs)
+    white = torch.linalg.solve_triangular(L, innovation.T, upper=False).T
+    logw = -0.5 * (white ** 2).sum(1)
+    pick = torch.multinomial(torch.softmax(logw, 0), X.shape[0], replacement=True, generator=generator)
+    u = torch.randn(X.shape, generator=generator, dtype=X.dtype).to(X.device) * k2.sqrt()
+    v = torch.randn(innovation.shape, generator=generator, dtype=X.dtype).to(X.device) * r.sqrt()
+    return X[pick] + gain(innovation[pick]) + u - gain(u @ H.T - v)
 
 
 def enkf_analysis(X: torch.Tensor, y: torch.Tensor, observe: Observe | torch.Tensor, r: torch.Tensor,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from .analysis import mixture_analysis
 from .ensf import GUIDANCE, ensf_analysis
 
 __all__ = ["LatentFilter", "run_latent", "OBSERVATIONS"]
@@ -55,16 +56,23 @@ class LatentFilter:
     sensors make nearly one-hot, so ``p`` jumps to one member's) or ``separate`` (the EnSF analyses ``u``; ``p``
     gets a stochastic EnKF update from the LSTM's observation of it alone); ``kernel_scale``: ``fixed`` (``kernel``
     in standardised units, the same for every component) or ``spread`` (``kernel`` times each component's ensemble
-    standard deviation: the per-dimension bandwidth of a kernel density estimate)."""
+    standard deviation: the per-dimension bandwidth of a kernel density estimate); ``sampler``: ``ensf`` (the score
+    filter's reverse SDE) or ``exact`` (the sensors' linearised likelihood makes the kernel-dressed prior's
+    posterior a Gaussian mixture, sampled in closed form by :func:`latent.analysis.mixture_analysis`: the
+    reference the EnSF approximates, at one ``obs x obs`` Cholesky per analysis)."""
 
     def __init__(self, model, members: int, generator: torch.Generator | None = None, steps: int = 100,
                  eps_alpha: float = 0.01, eps_beta: float = 0.0, clip: float | None = None,
                  guidance: str = "tweedie", inflation: float = 1.0, param_jitter: float = 0.02,
                  observation: str = "lstm", sensor_noise: float | None = None,
                  representation_error: float = 0.3, kernel: float = 0.0, implicit: bool = False,
-                 reproject: bool = False, parameter: str = "joint", kernel_scale: str = "fixed") -> None:
+                 reproject: bool = False, parameter: str = "joint", kernel_scale: str = "fixed",
+                 sampler: str = "ensf") -> None:
         if observation not in OBSERVATIONS:
             raise ValueError(f"unknown LD-EnSF observation {observation!r}; choose one of {list(OBSERVATIONS)}")
+        if sampler not in ("ensf", "exact") or (sampler == "exact" and (observation != "sensors" or kernel <= 0)):
+            raise ValueError(f"sampler must be 'ensf' or 'exact' (exact: with observation='sensors' and kernel > 0); "
+                             f"got {sampler!r}, {observation!r}, kernel {kernel}")
         if kernel_scale not in ("fixed", "spread"):
             raise ValueError(f"unknown kernel_scale {kernel_scale!r}; choose 'fixed' or 'spread'")
         if parameter not in PARAMETER_UPDATES:
@@ -80,7 +88,7 @@ class LatentFilter:
         self.options = dict(steps=steps, eps_alpha=eps_alpha, eps_beta=eps_beta, clip=clip, guidance=guidance,
                             implicit=bool(implicit))
         self.inflation, self.param_jitter, self.kernel = inflation, param_jitter, float(kernel)
-        self.kernel_scale = kernel_scale
+        self.kernel_scale, self.sampler = kernel_scale, sampler
         self.observation, self.reproject, self.parameter = observation, bool(reproject), parameter
         noise = getattr(model, "obs_noise", 0.1) if sensor_noise is None else sensor_noise
         if noise < 0 or representation_error < 0 or noise + representation_error == 0:
@@ -151,7 +159,10 @@ class LatentFilter:
             if not latent_only:
                 kernel[-1] = 0.0
         scale = 1e3 * (1 + max(float(x.abs().max()), float(mean.abs().max())))  # posteriors lie near prior and data
-        x = ensf_analysis(x, mean, H, var, gen, kernel=kernel, **self.options)
+        if self.sampler == "exact":
+            x = mixture_analysis(x, mean, H, var, kernel, gen)
+        else:
+            x = ensf_analysis(x, mean, H, var, gen, kernel=kernel, **self.options)
         if not bool(torch.isfinite(x).all()) or float(x.abs().max()) > scale:
             raise FloatingPointError(
                 "the LD-EnSF analysis diverged (members non-finite or 1000x the forecast's and data's size): the "

@@ -88,3 +88,33 @@ def test_gaspari_cohn_and_periodic_distance():
     a = torch.tensor([[0.05, 0.5]], dtype=torch.float64)
     b = torch.tensor([[0.95, 0.5], [0.5, 0.5]], dtype=torch.float64)
     assert torch.allclose(periodic_distance(a, b, 1.0), torch.tensor([[0.1, 0.45]], dtype=torch.float64))
+
+
+def test_mixture_analysis_of_one_repeated_member_is_the_kalman_posterior():
+    """Every member at the same point: the kernel-dressed prior is one Gaussian ``N(x, K)``, so the samples'
+    mean and covariance are the Kalman posterior's (4000 samples: mean within 0.1 sd, covariance within 10 %)."""
+    from latent.analysis import mixture_analysis
+
+    g = torch.Generator().manual_seed(0)
+    dim, obs = 3, 2
+    x = torch.randn(dim, generator=g, dtype=torch.float64)
+    kernel = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    H = torch.randn(obs, dim, generator=g, dtype=torch.float64)
+    r = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    y = torch.randn(obs, generator=g, dtype=torch.float64)
+    samples = mixture_analysis(x.repeat(4000, 1), y, H, r, kernel, g)
+    mean, cov = kalman_posterior(x, torch.diag(kernel ** 2), y, H, r)
+    sd = cov.diagonal().sqrt()
+    assert ((samples.mean(0) - mean).abs() < 0.1 * sd).all()
+    torch.testing.assert_close(samples.T.cov(), cov, rtol=0.1, atol=0.1 * float(cov.diagonal().min()))
+
+
+def test_mixture_analysis_weights_the_members_by_their_fit():
+    """Two members far apart, a precise observation near one: every sample comes from that member's component."""
+    from latent.analysis import mixture_analysis
+
+    X = torch.tensor([[-5.0, 0.0], [5.0, 0.0]], dtype=torch.float64).repeat(50, 1)
+    H = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    samples = mixture_analysis(X, torch.tensor([4.5], dtype=torch.float64), H, torch.tensor([0.01], dtype=torch.float64),
+                               torch.tensor([0.5, 0.5], dtype=torch.float64), torch.Generator().manual_seed(1))
+    assert (samples[:, 0] > 3).all() and (samples[:, 0] - 4.5).abs().mean() < 0.2

@@ -382,6 +382,26 @@ def test_spread_kernel_scales_with_each_components_ensemble_spread(monkeypatch):
         LatentFilter(model, 6, kernel_scale="adaptive")
 
 
+def test_exact_sampler_leaves_the_members_span_like_the_kernel_ensf():
+    """``sampler = "exact"`` (the Gaussian-mixture posterior in closed form) on the kernel test's problem: the
+    analysis mean's latent error falls well below the prior's; it needs sensors and a kernel."""
+    model = _linear_decoder_model()
+    prior, post = [], []
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(8, generator=g, dtype=torch.float64)
+        readings = model.sense(model.decode(z[None]))[0] + 0.01 * torch.randn(16, generator=g, dtype=torch.float64)
+        filt = LatentFilter(model, 5, g, observation="sensors", sensor_noise=0.01, representation_error=0.0,
+                            kernel=1.0, sampler="exact", parameter="separate")
+        filt.x = torch.cat([torch.randn(5, 8, generator=g, dtype=torch.float64), torch.zeros(5, 1, dtype=torch.float64)], 1)
+        prior.append((filt.x[:, :-1].mean(0) - z).norm().item())
+        filt.assimilate(readings)
+        post.append((filt.x[:, :-1].mean(0) - z).norm().item())
+    assert np.mean(post) < 0.3 * np.mean(prior), (prior, post)
+    with pytest.raises(ValueError, match="exact"):
+        LatentFilter(model, 5, observation="sensors", kernel=0.0, sampler="exact")
+
+
 def test_reproject_re_encodes_the_decoded_analysis():
     """``reproject``: the analysis members' latents become the codes of their decoded fields (same draws
     otherwise), the parameters untouched."""
