@@ -116,38 +116,25 @@ def tweedie_likelihood_score(x, x0, alpha, beta2, y, H, r, k2=None, gram=None) -
 def _solve_low_rank(w: torch.Tensor, A: torch.Tensor, r: torch.Tensor, b: torch.Tensor,
                     G: torch.Tensor | None = None, F: torch.Tensor | None = None) -> torch.Tensor:
     """``(A^T diag(w) A + M)^-1 b`` per particle, ``M = diag(r) + G`` (``G`` ``(obs, obs)``, shared by the particles,
-    optional), ``w`` ``(p, m)``, ``A`` ``(p, m, obs)``, ``b`` ``(p, obs)``; or, given ``F`` ``(obs, obs)`` with
-    ``M^-1 = F F^T`` (then ``G`` and ``r`` are not used), Woodbury through ``B = sqrt(w) A F``.
+    optional), ``w`` ``(p, m)``, ``A`` ``(p, m, obs)``, ``b`` ``(p, obs)``. ``F`` ``(obs, obs)``: a factor with
+    ``M^-1 = F F^T`` when the caller has one (then ``G`` and ``r`` are not used; fewer members than observations).
 
-    With fewer members than observations, by Woodbury through ``B = sqrt(w) A M^-1/2`` (an ``m x m`` solve
-    per particle, stable when weights vanish; ``M^1/2`` its Cholesky factor, one per call):
-    ``S^-1 = M^-1/2 (I - B^T (I + B B^T)^-1 B) M^-1/2``; otherwise the ``obs x obs`` system directly."""
+    With fewer members than observations, by Woodbury through ``B = sqrt(w) A F`` (an ``m x m`` solve per
+    particle, stable when weights vanish; ``F = R^-1/2``, or ``L^-T`` from the Cholesky factor ``L`` of ``M``):
+    ``S^-1 = F (I - B^T (I + B B^T)^-1 B) F^T``; otherwise the ``obs x obs`` system directly."""
     m, obs = A.shape[-2:]
-    if F is not None:
-        B, c = (w.sqrt()[..., None] * A) @ F, b @ F
-        inner = torch.eye(m, dtype=A.dtype, device=A.device) + B @ B.transpose(-1, -2)
-        correction = (B.transpose(-1, -2) @ torch.linalg.solve(inner, (B @ c[..., None])))[..., 0]
-        return (c - correction) @ F.T
-    if obs <= m:
+    if F is None and obs <= m:
         S = torch.einsum("pj,pjo,pjq->poq", w, A, A) + torch.diag(r)
         return torch.linalg.solve(S if G is None else S + G, b[..., None])[..., 0]
-    if G is None:
-        s = r.rsqrt()
-        B, c = w.sqrt()[..., None] * A * s, b * s  # (p, m, obs), (p, obs)
-    else:
-        L = torch.linalg.cholesky(G + torch.diag(r))  # M = L L^T; one solve for all particles' right-hand sides
-        B = _solve_lower(L, (w.sqrt()[..., None] * A).reshape(-1, obs)).reshape(A.shape)
-        c = _solve_lower(L, b)
+    if F is None and G is None:
+        F = torch.diag(r.rsqrt())
+    elif F is None:  # M = L L^T, M^-1 = L^-T L^-1
+        eye = torch.eye(obs, dtype=A.dtype, device=A.device)
+        F = torch.linalg.solve_triangular(torch.linalg.cholesky(G + torch.diag(r)), eye, upper=False).T
+    B, c = (w.sqrt()[..., None] * A) @ F, b @ F  # (p, m, obs), (p, obs)
     inner = torch.eye(m, dtype=A.dtype, device=A.device) + B @ B.transpose(-1, -2)
     correction = (B.transpose(-1, -2) @ torch.linalg.solve(inner, (B @ c[..., None])))[..., 0]
-    if G is None:
-        return s * (c - correction)
-    return torch.linalg.solve_triangular(L.T, (c - correction).T, upper=True).T
-
-
-def _solve_lower(L: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``rows @ L^-T`` for rows ``(k, obs)``: ``L^-1`` applied to each row, one triangular solve."""
-    return torch.linalg.solve_triangular(L, rows.T, upper=False).T
+    return (c - correction) @ F.T
 
 
 def ensf_analysis(x0: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch.Tensor, generator=None,
