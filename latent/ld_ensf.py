@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from .analysis import mixture_analysis
+from .analysis import enkf_analysis, mixture_analysis
 from .ensf import GUIDANCE, ensf_analysis
 
 __all__ = ["LatentFilter", "run_latent", "OBSERVATIONS"]
@@ -172,12 +172,11 @@ class LatentFilter:
 
     @torch.no_grad()
     def parameter_update(self, mean: torch.Tensor, var: torch.Tensor) -> None:
-        """Stochastic EnKF update of the members' parameters ``p`` by one observation ``mean`` of variance
-        ``var`` (scalars: the LSTM's): ``p_i += K (mean + sqrt(var) e_i - p_i)``, ``K = var_p / (var_p + var)``."""
-        p = self.x[:, -1]
-        gain = p.var() / (p.var() + var)
-        perturbed = mean + var.sqrt() * self._randn(self.members)
-        self.x[:, -1] = p + gain * (perturbed - p)
+        """Stochastic EnKF update (:func:`latent.analysis.enkf_analysis`, centred perturbations) of the members'
+        parameters ``p`` by one direct observation ``mean`` of variance ``var`` (scalars: the LSTM's)."""
+        p = self.x[:, -1:]
+        gen = self.generator if self.generator is None or self.generator.device == p.device else None
+        self.x[:, -1:] = enkf_analysis(p, mean.reshape(1), p, var.reshape(1), gen)
 
     def sensor_likelihood(self, readings: torch.Tensor, lstm: tuple[torch.Tensor, torch.Tensor],
                           noise_var: torch.Tensor | None = None, offset: torch.Tensor | None = None):
