@@ -106,7 +106,9 @@ class LDEnSF(Assimilation):
         self.last_t = obs.t
         forecast = self.filter.fields(n)
         noise_var = None if self.sensor_noise_given else obs.r.to(self.device, torch.float64) / norm.state_std ** 2
-        offset = model.sense(w - forecast).mean(0) if self.unresolved else None  # (sensors,)
+        offset = None  # the members' mean unresolved part at the sensors (sensors,): HX is the members' readings
+        if self.unresolved:  # and the sensing is linear, so the decoded part is sensed once, on the mean
+            offset = norm.state(HX.mean(0).to(self.device, torch.float32)) - model.sense(forecast.mean(0))
         self.filter.assimilate(norm.state(obs.y.to(self.device, torch.float32)), noise_var, offset)
         analysed = self.filter.fields(n)
         base = forecast if self.inject == "increment" else w
