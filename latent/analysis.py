@@ -49,8 +49,8 @@ def mixture_analysis(X: torch.Tensor, y: torch.Tensor, H: torch.Tensor, r: torch
     white = torch.linalg.solve_triangular(L, innovation.T, upper=False).T
     logw = -0.5 * (white ** 2).sum(1)
     pick = torch.multinomial(torch.softmax(logw, 0), X.shape[0], replacement=True, generator=generator)
-    u = torch.randn(X.shape, generator=generator, dtype=X.dtype).to(X.device) * k2.sqrt()
-    v = torch.randn(innovation.shape, generator=generator, dtype=X.dtype).to(X.device) * r.sqrt()
+    u = normal_like(X, generator) * k2.sqrt()
+    v = normal_like(innovation, generator) * r.sqrt()
     return X[pick] + gain(innovation[pick]) + u - gain(u @ H.T - v)
 
 
