@@ -10,7 +10,9 @@ every frame (0.2 time units) for 40 cycles. Every method starts from the same ``
 climatological draws (the twin's band-limited initial fields); every filter estimates Re jointly
 with the state from a prior over the data's range (the physical-space filters through
 ``reynolds_prior``, log-uniform; LD-EnSF uniform; ``--fixed-reynolds``: the physical filters keep the
-free run's per-member draws) and, except the pure-latent mode, runs each member at its analysed Re. Reported per method, averaged over the truths: relative RMSE of the ensemble mean
+free run's per-member draws; ``--reynolds likelihood``, the default: every filter by the grid likelihood of its
+analysis mean's solver forecasts, :mod:`closure.reynolds_likelihood`; ``own``: the physical filters by state
+augmentation, LD-EnSF by its latent filter) and, except the pure-latent mode, runs each member at its analysed Re. Reported per method, averaged over the truths: relative RMSE of the ensemble mean
 (``sqrt(mean err^2 / mean truth^2)``, LD-EnSF's metric) after the analysis at the end and over the
 second half, the final relative error of the ensemble-mean Re, and the wall time per assimilation
 cycle: the analysis for the solver-forecast methods, forecast + observe + analysis for the pure-latent
@@ -79,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-unresolved", action="store_true",
                    help="LD-EnSF hybrid: do not add the members' unresolved part at the sensors to h (closure/ld_ensf.py)")
     p.add_argument("--reproject", action="store_true", help="LD-EnSF: re-encode the decoded analysis members")
+    p.add_argument("--reynolds", default="likelihood", choices=["likelihood", "own"],
+                   help="how the filters estimate Re: the grid likelihood of the analysis mean's forecasts "
+                        "(closure/reynolds_likelihood.py), or each method's own (state augmentation; LD-EnSF's latent)")
     p.add_argument("--fixed-reynolds", action="store_true", help="physical-space filters keep the members' prior Re "
                    "(default: they estimate it jointly, closure.options.reynolds_prior)")
     p.add_argument("--json", type=Path, default=RESULTS / "ld_ensf_twin.json", help="results file")
@@ -121,9 +126,11 @@ def _run_method(method, args, cfg, flow, obs, model, norm, model_path, times, tr
     options = dict(OPTIONS.get(method, {}))
     if method == "ld_ensf":
         options.update(checkpoint=model_path, guidance=args.guidance, inject=args.inject,
-                       unresolved=not args.no_unresolved, **_filter_options(args))
+                       unresolved=not args.no_unresolved, reynolds="latent" if args.reynolds == "own" else "likelihood",
+                       **_filter_options(args))
     elif method != "none" and not args.fixed_reynolds:
-        options.update(reynolds_prior=[cfg.reynolds.min, cfg.reynolds.max])
+        options.update(reynolds_prior=[cfg.reynolds.min, cfg.reynolds.max],
+                       reynolds_update="average" if args.reynolds == "own" else "likelihood")
     plugin = None
     if method != "none":
         plugin = closure.make_plugin(method, grid, eq, observations=obs, **options)

@@ -30,6 +30,10 @@ The parameter is global, the localised filters' updates local. ``reynolds_update
   (linear in the taper, so the same average) and solves with the localised ``C_yy`` as the field does.
 - ``global``: one non-localised update with all sensors (``letkf``: the global ETKF transform;
   ``enkf``: the unlocalised gain with the same perturbed observations).
+- ``likelihood``: no augmentation; Re's posterior on a grid of ``reynolds_points`` values from the forecasts
+  of the analysis mean (:mod:`closure.reynolds_likelihood`), the members at its quantiles. The best measured
+  on the 64^2 E3 twin (LETKF, 3 truths: Re 13.5 % -> 1.8 % off, state 0.081 -> 0.075; ``benchmarks/README.md``);
+  it costs one forecast of ``reynolds_points`` members per cycle.
 
 Measured on the 32^2 twin of ``tests/test_assimilation.py`` (16 members, 12x12 sensors, noise 0.2,
 truth Re 120, prior [50, 150], members' mean 87.7): ``average`` ends at Re 117.4 +- 4.3 (enkf) and
@@ -56,11 +60,12 @@ from solvers.observation import grid_positions
 from .base import FlowState, Plugin
 from .registry import register
 from .reynolds import JITTER, REYNOLDS_KEYS, ReynoldsParameter
+from .reynolds_likelihood import POINTS, ReynoldsLikelihood
 
 __all__ = ["Assimilation", "EnKF", "LETKF", "EnSF", "HISTORY_KEYS"]
 
 HISTORY_KEYS = ("time", "rmse_f", "rmse_a", "spread_f", "spread_a", "rel_rmse_f", "rel_rmse_a", "seconds")
-REYNOLDS_UPDATES = ("average", "global")
+REYNOLDS_UPDATES = ("average", "global", "likelihood")
 
 
 class Assimilation(Plugin):
@@ -73,7 +78,7 @@ class Assimilation(Plugin):
 
     def __init__(self, grid, equation, observations=None, nudge: float = 1.0,
                  reynolds_prior: list[float] | None = None, reynolds_jitter: float = JITTER,
-                 reynolds_update: str = "average") -> None:
+                 reynolds_update: str = "average", reynolds_points: int = POINTS) -> None:
         super().__init__(grid, equation)
         if observations is None:
             raise ValueError(f"{self.name} assimilates sensor data: give a truth trajectory with --observe TRUTH.h5 "
@@ -82,10 +87,21 @@ class Assimilation(Plugin):
             raise ValueError(f"nudge must be in (0, 1] (1 replaces the state by the analysis), got {nudge}")
         if reynolds_update not in REYNOLDS_UPDATES:
             raise ValueError(f"unknown reynolds_update {reynolds_update!r}; choose one of {list(REYNOLDS_UPDATES)}")
-        self.observations, self.nudge, self.reynolds_update = observations, float(nudge), reynolds_update
-        self.reynolds = None if reynolds_prior is None else ReynoldsParameter(reynolds_prior, reynolds_jitter)
-        keys = HISTORY_KEYS if self.reynolds is None else HISTORY_KEYS + REYNOLDS_KEYS
-        self.history: dict[str, list[float]] = {k: [] for k in keys}
+        self.observations, self.nudge = observations, float(nudge)
+        self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+        self.reynolds = self.likelihood = None
+        if reynolds_prior is not None:
+            self.estimate_reynolds_by(reynolds_prior, reynolds_jitter, reynolds_update, reynolds_points)
+        self.reynolds_update = reynolds_update
+
+    def estimate_reynolds_by(self, prior, jitter: float = JITTER, update: str = "average",
+                             points: int = POINTS) -> None:
+        """Joint Re estimation from the log-uniform ``prior`` ``[lo, hi]`` (module doc); subclasses that learn
+        their prior range later (``ld_ensf``: the model's) call it after ``__init__``."""
+        self.reynolds = ReynoldsParameter(prior, jitter)
+        self.likelihood = ReynoldsLikelihood(prior, points) if update == "likelihood" else None
+        self.reynolds_update = update
+        self.history.update({k: [] for k in REYNOLDS_KEYS})
 
     @classmethod
     def check_members(cls, members: int) -> None:
@@ -118,8 +134,9 @@ class Assimilation(Plugin):
 
     @property
     def parameters(self) -> int:
-        """Columns appended to the flattened state: 1 (``log Re``) with ``reynolds_prior``, else 0."""
-        return 0 if self.reynolds is None else 1
+        """Columns appended to the flattened state: 1 (``log Re``) with ``reynolds_prior`` (unless estimated by
+        ``likelihood``), else 0."""
+        return 0 if self.reynolds is None or self.likelihood is not None else 1
 
     def __call__(self, state: FlowState) -> torch.Tensor | None:
         if self.reynolds is not None:
@@ -135,15 +152,22 @@ class Assimilation(Plugin):
         start = time.perf_counter()
         HX = self.observations.operator(state.w).to(torch.float64)
         X = state.w.reshape(members, -1).to(torch.float64)
-        if self.reynolds is None:
+        if self.likelihood is not None:
+            self.likelihood.observe(state, obs, self.observations.operator, HX)
+        if not self.parameters:
             Xa = self._nudged(X, self.analysis(X, HX, obs, state))
         else:
             Z, s = self.reynolds.augment(X, state)
             Xa = self.reynolds.update(self._nudged(Z, self.analysis(Z, HX, obs, state)), s, state)
+        if self.likelihood is not None:
+            self.likelihood.remember(Xa.mean(0).reshape(state.w.shape[1:]).to(state.w.dtype), state.t)
+            self.likelihood.assign(state.equation, members)
         seconds = time.perf_counter() - start
         self._log(obs, X, Xa, seconds)
         if self.reynolds is not None:
-            for key, value in zip(REYNOLDS_KEYS, self.reynolds.scores(state.equation, members)):
+            scores = (self.likelihood.scores() if self.likelihood is not None and self.likelihood.cycles
+                      else self.reynolds.scores(state.equation, members))
+            for key, value in zip(REYNOLDS_KEYS, scores):
                 self.history[key].append(value)
         return Xa.reshape(state.w.shape).to(state.w.dtype)
 
@@ -170,7 +194,7 @@ class Assimilation(Plugin):
 
     def describe(self) -> str:
         op = self.observations.operator
-        about = "" if self.reynolds is None else f", {self.reynolds.describe()}"
+        about = "" if self.reynolds is None else f", {(self.likelihood or self.reynolds).describe()}"
         return (f"{self.name} ({self.kind}, default every {self.default_every}), {op.count} sensors "
                 f"({100 * op.fraction():.2g} % of the grid), noise {op.noise:g} {op.kind}{about}")
 
@@ -210,8 +234,10 @@ class EnKF(Assimilation):
 
     def __init__(self, grid, equation, observations=None, radius: float | None = None,
                  inflation: float = 1.0, nudge: float = 1.0, reynolds_prior: list[float] | None = None,
-                 reynolds_jitter: float = JITTER, reynolds_update: str = "average") -> None:
-        super().__init__(grid, equation, observations, nudge, reynolds_prior, reynolds_jitter, reynolds_update)
+                 reynolds_jitter: float = JITTER, reynolds_update: str = "average",
+                 reynolds_points: int = POINTS) -> None:
+        super().__init__(grid, equation, observations, nudge, reynolds_prior, reynolds_jitter, reynolds_update,
+                         reynolds_points)
         _check_tuning(radius, inflation)
         self.radius, self.inflation = radius, float(inflation)
         self.localize = None if radius is None else _localisation(grid, self.observations.operator.positions, radius)
@@ -237,8 +263,10 @@ class LETKF(Assimilation):
 
     def __init__(self, grid, equation, observations=None, radius: float | None = None,
                  inflation: float = 1.0, nudge: float = 1.0, reynolds_prior: list[float] | None = None,
-                 reynolds_jitter: float = JITTER, reynolds_update: str = "average") -> None:
-        super().__init__(grid, equation, observations, nudge, reynolds_prior, reynolds_jitter, reynolds_update)
+                 reynolds_jitter: float = JITTER, reynolds_update: str = "average",
+                 reynolds_points: int = POINTS) -> None:
+        super().__init__(grid, equation, observations, nudge, reynolds_prior, reynolds_jitter, reynolds_update,
+                         reynolds_points)
         radius = grid.length / 4 if radius is None else float(radius)
         _check_tuning(radius, inflation)
         self.radius, self.inflation = radius, float(inflation)
@@ -268,8 +296,10 @@ class EnSF(Assimilation):
     def __init__(self, grid, equation, observations=None, steps: int = 100, eps_alpha: float = 0.05,
                  eps_beta: float = 0.0, clip: float | None = None, guidance: str = "damped",
                  inflation: float = 1.0, nudge: float = 1.0, reynolds_prior: list[float] | None = None,
-                 reynolds_jitter: float = JITTER, reynolds_update: str = "average") -> None:
-        super().__init__(grid, equation, observations, nudge, reynolds_prior, reynolds_jitter, reynolds_update)
+                 reynolds_jitter: float = JITTER, reynolds_update: str = "average",
+                 reynolds_points: int = POINTS) -> None:
+        super().__init__(grid, equation, observations, nudge, reynolds_prior, reynolds_jitter, reynolds_update,
+                         reynolds_points)
         from latent.ensf import GUIDANCE
 
         _check_tuning(None, inflation)

@@ -19,8 +19,11 @@ latent. ``kernel`` (default 0.2) dresses the members in Gaussians so the analysi
 ``parameter = "separate"`` (default) updates Re by the LSTM's estimate alone (``joint``: with the latent, where
 the sensors' nearly one-hot mixture weights make it jump between members; :mod:`latent.ld_ensf`). Those
 defaults are the best measured on the E3 twin (``benchmarks/README.md``). With ``estimate_reynolds``
-(default), each member continues at its analysed viscosity ``1 / Re``. The first call draws the members' Re
-from the model's prior range. The pure-latent mode (no solver) is :func:`latent.ld_ensf.run_latent`
+(default), each member continues at its analysed viscosity ``1 / Re``: ``reynolds = "likelihood"`` (default)
+takes it from the grid likelihood of the analysis mean's solver forecasts over the model's Re range
+(:mod:`closure.reynolds_likelihood`; the members' prior Re log-uniform, drawn at the first call); ``"latent"``
+from the latent filter's own estimate (LSTM / joint, as the paper). On the E3 twin (3 truths) the likelihood
+ends 2.4 % off where the latent estimate ended 17.4 % off (``benchmarks/README.md``). The pure-latent mode (no solver) is :func:`latent.ld_ensf.run_latent`
 (``benchmarks/ld_ensf_twin.py``).
 The log is the assimilation plug-ins' plus ``reynolds`` (ensemble mean) and ``reynolds_spread``.
 """
@@ -33,6 +36,7 @@ from typing import ClassVar
 import torch
 
 from .assimilation import Assimilation
+from .reynolds_likelihood import POINTS
 from .registry import register
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,7 @@ class LDEnSF(Assimilation):
 
     requires_checkpoint: ClassVar[bool] = True  # trainable with train_closure.py train --closure ld_ensf
     INJECT = ("increment", "replace")
+    REYNOLDS = ("likelihood", "latent")
 
     def __init__(self, grid, equation, observations=None, nudge: float = 1.0, checkpoint: str | None = None,
                  device=None, inject: str = "increment", estimate_reynolds: bool = True, steps: int = 100,
@@ -54,12 +59,15 @@ class LDEnSF(Assimilation):
                  observation: str = "sensors", sensor_noise: float | None = None,
                  representation_error: float = 0.15, kernel: float = 0.2, implicit: bool = False,
                  reproject: bool = False, unresolved: bool = True, parameter: str = "separate",
-                 kernel_scale: str = "fixed", sampler: str = "ensf") -> None:
+                 kernel_scale: str = "fixed", sampler: str = "ensf", reynolds: str = "likelihood",
+                 reynolds_points: int = POINTS) -> None:
         super().__init__(grid, equation, observations, nudge)
         from .learned import load_plugin_model
 
         if inject not in self.INJECT:
             raise ValueError(f"unknown inject mode {inject!r}; choose one of {list(self.INJECT)}")
+        if reynolds not in self.REYNOLDS:
+            raise ValueError(f"unknown reynolds estimate {reynolds!r}; choose one of {list(self.REYNOLDS)}")
         ckpt, self.device, self.model = load_plugin_model(
             self.name, checkpoint, grid, device, "`python train_closure.py train --closure ld_ensf --data "
             "data/e3_small.h5 --config configs/train_ld_ensf.yaml`")
@@ -76,6 +84,8 @@ class LDEnSF(Assimilation):
         self.filter = None
         self.last_t: float | None = None
         self.history.update(reynolds=[], reynolds_spread=[])
+        if self.estimate_reynolds and reynolds == "likelihood":  # the base class estimates Re, over the model's range
+            self.estimate_reynolds_by(self.model.reynolds, update="likelihood", points=reynolds_points)
 
     def _check_sensors(self) -> None:
         """The LSTM was trained on one sensor layout: the run must observe the same points."""
@@ -113,6 +123,8 @@ class LDEnSF(Assimilation):
         analysed = self.filter.fields(n)
         base = forecast if self.inject == "increment" else w
         new = w + (analysed - base)  # the base class moves the state the fraction nudge of the way
+        if self.likelihood is not None:  # the base class logs and sets Re
+            return (new * norm.state_std + norm.state_mean).reshape(members, -1).to(X)
         reynolds = self.filter.reynolds()
         self.history["reynolds"].append(float(reynolds.mean()))
         self.history["reynolds_spread"].append(float(reynolds.std()))

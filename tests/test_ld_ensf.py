@@ -439,7 +439,9 @@ def test_a_diverging_analysis_is_a_clear_error():
     assert bool(torch.isfinite(filt.x).all()) and filt.x.abs().max() < 100
 
 
-def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path):
+@pytest.mark.parametrize("reynolds", ["likelihood", "latent"])
+def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path, reynolds):
+    """Both Re estimates (``likelihood``, the default: the base class's grid likelihood; ``latent``: the filter's)."""
     grid = Grid(32, 2 * math.pi)
     eq = NavierStokes2D(grid, 1e-2, 0.1, kolmogorov_forcing(grid, k_f=4, amplitude=1.0))
     cls = plugin_class("ld_ensf")
@@ -449,9 +451,14 @@ def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path):
     truths = rollout(truth, eq, 0.01, 40, record_every=20).trajectory()[0]
     obs = cls.example_observations(tmp_path / "truth.h5", grid, truths, times, sensors="regular:4x4")
     w0 = band_limited(grid, batch=4, k_min=1, k_max=4, max_velocity=7.0, generator=torch.Generator().manual_seed(4))
-    plugin = make_plugin("ld_ensf", grid, eq, observations=obs, checkpoint=ckpt, steps=10)
+    plugin = make_plugin("ld_ensf", grid, eq, observations=obs, checkpoint=ckpt, steps=10, reynolds=reynolds)
     result = rollout(w0, eq, 0.01, 50, plugin=plugin, every=20)  # calls at steps 0, 20, 40
     assert torch.isfinite(result.w).all() and len(plugin.history["reynolds"]) == 3
+    if reynolds == "likelihood":  # two likelihood terms (the first analysis has no previous mean)
+        assert plugin.likelihood.cycles == 2 and plugin.history["reynolds"][-1] == plugin.likelihood.scores()[0]
+        assert (plugin.likelihood.lo, plugin.likelihood.hi) == plugin.model.reynolds
+    else:
+        assert plugin.likelihood is None
     assert isinstance(eq.nu, torch.Tensor) and eq.nu.shape == (4,)  # one viscosity per member
     re = 1 / eq.nu.double()
     assert torch.all((re > 25) & (re < 300))
@@ -460,6 +467,8 @@ def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path):
         make_plugin("ld_ensf", grid, eq, observations=other, checkpoint=ckpt)
     with pytest.raises(ValueError, match="needs a trained model"):
         make_plugin("ld_ensf", grid, eq, observations=obs)
+    with pytest.raises(ValueError, match=r"unknown reynolds estimate 'lstm'; choose one of \['likelihood', 'latent'\]"):
+        make_plugin("ld_ensf", grid, eq, observations=obs, checkpoint=ckpt, reynolds="lstm")
 
 
 def test_plugin_leaves_a_perfect_forecast_alone_only_with_unresolved(tmp_path):
