@@ -156,3 +156,28 @@ def test_e2_exact_closure_beats_none_and_is_the_floor(tmp_path):
         assert (e["exact"] < 0.1 * e["none"]).all(), e
         assert e["exact"][-1] < min(e["exact, every 5"][-1], e["2/3 LES: dealiased -Pi, unfiltered f"][-1]), e
         assert (e["2/3 LES: exact"] < 0.1 * e["2/3 LES: none"]).all(), e
+
+
+def test_reynolds_bound_sensitivity_is_the_exact_derivative_of_viscous_decay():
+    """benchmarks/reynolds_bound.py on a Stokes flow (no advection, no forcing): ``w_hat(t) = exp(-(nu k^2 + drag) t)
+    w_hat(0)``, so ``d w / d log nu = -nu t lap_k(w(t))``, sensed at grid points; the finite difference matches it
+    to the time stepper's and the difference's accuracy."""
+    from types import SimpleNamespace
+
+    from solvers import NavierStokes2D
+    from solvers.initial_conditions import band_limited
+    from solvers.observation import ObservationOperator, parse_sensors
+
+    bound = benchmark("reynolds_bound")
+    grid = Grid(16, 2 * math.pi, dtype=torch.float64)
+    eq = NavierStokes2D(grid, nu=0.02, drag=0.1, convection=False)
+    w0 = band_limited(grid, 2, 1, 4, 1.0, generator=torch.Generator().manual_seed(0))
+    frames = torch.stack([w0, w0], dim=1)  # (truths, time, x, y): one cycle from w0
+    op = ObservationOperator(grid, parse_sensors("grid:12", grid, seed=1))
+    reynolds = torch.tensor([50.0, 80.0], dtype=torch.float64)
+    J = bound.sensitivities(frames, reynolds, SimpleNamespace(equation=eq, dt=0.005), op, 40, "cn_rk4", 1e-5)
+    t, nu = 0.2, 1 / reynolds
+    decay = torch.exp(-(nu[:, None, None] * grid.k2 + 0.1) * t)
+    exact = op(grid.irfft(-nu[:, None, None] * t * grid.k2 * decay * grid.rfft(w0)))  # (truths, sensors)
+    assert J.shape == (2, 1, 12)
+    assert torch.allclose(J[:, 0], exact, atol=1e-4 * exact.abs().max())
