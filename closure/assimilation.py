@@ -14,36 +14,22 @@ plug-in takes ``nudge`` in ``(0, 1]``: the state moves that fraction of the way 
 - ``ensf``: ensemble score filter in physical space (:mod:`latent.ensf`), the full-space baseline of
   LD-EnSF: ``steps`` pseudo-time steps, ``eps_alpha``, ``eps_beta``, ``clip``, ``guidance``.
 
-Joint state + parameter estimation (:mod:`closure.reynolds`): ``reynolds_prior: [lo, hi]`` gives every
-member its own Reynolds number ``Re = 1 / nu``, drawn log-uniformly at the first call, and appends
-``log Re`` (scaled) to each member's flattened state at every analysis; the analysed parameter sets the
-members' viscosities for the next forecast (``reynolds_jitter``: random-walk std of ``log Re`` per
-analysis). The history then also logs :data:`~closure.reynolds.REYNOLDS_KEYS`. ``null`` (the default)
-leaves every plug-in exactly as without the option.
+Joint state + parameter estimation: ``reynolds_prior: [lo, hi]`` gives every member its own Reynolds number
+``Re = 1 / nu``, drawn log-uniformly at the first call (:mod:`closure.reynolds`), and estimates it with the
+state; the estimate sets the members' viscosities for the next forecast. The history then also logs
+:data:`~closure.reynolds.REYNOLDS_KEYS`. ``null`` (the default) leaves every plug-in exactly as without the
+option. ``reynolds_update`` chooses how:
 
-The parameter is global, the localised filters' updates local. ``reynolds_update``:
-
-- ``average`` (default): the usual treatment of a global parameter in a local filter: every grid point
-  updates its own copy of the parameter with its local gain, and the parameter takes their spatial
-  average: ``letkf`` applies the mean of the grid points' ensemble transforms; ``enkf`` with ``radius``
-  tapers the parameter's covariance with each sensor by that sensor's taper averaged over the grid
-  (linear in the taper, so the same average) and solves with the localised ``C_yy`` as the field does.
-- ``global``: one non-localised update with all sensors (``letkf``: the global ETKF transform;
-  ``enkf``: the unlocalised gain with the same perturbed observations).
-- ``likelihood``: no augmentation; Re's posterior on a grid of ``reynolds_points`` values from the forecasts
-  of the analysis mean (:mod:`closure.reynolds_likelihood`), the members at its quantiles. The best measured
-  on the 64^2 E3 twin (LETKF, 3 truths: Re 13.5 % -> 1.8 % off, state 0.081 -> 0.075; ``benchmarks/README.md``);
-  it costs one forecast of ``reynolds_points`` members per cycle.
-
-Measured on the 32^2 twin of ``tests/test_assimilation.py`` (16 members, 12x12 sensors, noise 0.2,
-truth Re 120, prior [50, 150], members' mean 87.7): ``average`` ends at Re 117.4 +- 4.3 (enkf) and
-121.3 +- 4.8 (letkf). ``global`` pins the parameter at the first analysis, while the state is still
-the climatology (144 sensors, 15 ensemble directions): spread 1-2 from then on; enkf stays near its
-first jump (140.6 +- 1.9), letkf recovers (117.7 +- 1.3, overconfident). A taper of 1 on the
-parameter's row inside the localised EnKF solve (a localised ``C_yy`` with unlocalised
-cross-covariances) is unstable: 15 of its 16 members end at the upper clamp, one at the lower. Without
-``radius`` the ``enkf`` update is global whatever the option; ``ensf`` observes the parameter through a
-zero column of ``H``.
+- ``likelihood`` (default): Re's posterior on a grid of ``reynolds_points`` values, from the sensors'
+  likelihood under forecasts of the analysis mean, the members at its quantiles
+  (:mod:`closure.reynolds_likelihood`, with the measurements: on the 64^2 E3 twin 1.6-1.8 % off where
+  augmentation ends 13-15 % off). One forecast of ``reynolds_points`` members per cycle.
+- ``average``, ``global``: state augmentation (:mod:`closure.reynolds`: ``log Re`` appended to each member's
+  state, ``reynolds_jitter`` its random walk per analysis); a global parameter in a local filter.
+  ``average``: every grid point updates its own copy with its local gain and the parameter takes their
+  mean (``letkf``: the mean of the points' transforms; ``enkf`` with ``radius``: each sensor's taper
+  averaged over the grid). ``global``: one unlocalised update with all sensors. Measured on the 32^2 twin
+  of ``tests/test_assimilation.py``: :mod:`closure.reynolds` (``likelihood``: 121.3 +- 2.1 for 120).
 """
 from __future__ import annotations
 
@@ -78,7 +64,7 @@ class Assimilation(Plugin):
 
     def __init__(self, grid, equation, observations=None, nudge: float = 1.0,
                  reynolds_prior: list[float] | None = None, reynolds_jitter: float = JITTER,
-                 reynolds_update: str = "average", reynolds_points: int = POINTS) -> None:
+                 reynolds_update: str = "likelihood", reynolds_points: int = POINTS) -> None:
         super().__init__(grid, equation)
         if observations is None:
             raise ValueError(f"{self.name} assimilates sensor data: give a truth trajectory with --observe TRUTH.h5 "
@@ -90,14 +76,13 @@ class Assimilation(Plugin):
         self.observations, self.nudge = observations, float(nudge)
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
         self.reynolds = self.likelihood = None
+        self.reynolds_update = reynolds_update
         if reynolds_prior is not None:
             self.estimate_reynolds_by(reynolds_prior, reynolds_jitter, reynolds_update, reynolds_points)
-        self.reynolds_update = reynolds_update
 
-    def estimate_reynolds_by(self, prior, jitter: float = JITTER, update: str = "average",
+    def estimate_reynolds_by(self, prior, jitter: float = JITTER, update: str = "likelihood",
                              points: int = POINTS) -> None:
-        """Joint Re estimation from the log-uniform ``prior`` ``[lo, hi]`` (module doc); subclasses that learn
-        their prior range later (``ld_ensf``: the model's) call it after ``__init__``."""
+        """Estimate Re from the log-uniform ``prior`` ``[lo, hi]`` (module doc; ``ld_ensf``: its model's range)."""
         self.reynolds = ReynoldsParameter(prior, jitter)
         self.likelihood = ReynoldsLikelihood(prior, points) if update == "likelihood" else None
         self.reynolds_update = update
@@ -234,8 +219,7 @@ class EnKF(Assimilation):
 
     def __init__(self, grid, equation, observations=None, radius: float | None = None,
                  inflation: float = 1.0, nudge: float = 1.0, reynolds_prior: list[float] | None = None,
-                 reynolds_jitter: float = JITTER, reynolds_update: str = "average",
-                 reynolds_points: int = POINTS) -> None:
+                 reynolds_jitter: float = JITTER, reynolds_update: str = "likelihood", reynolds_points: int = POINTS):
         super().__init__(grid, equation, observations, nudge, reynolds_prior, reynolds_jitter, reynolds_update,
                          reynolds_points)
         _check_tuning(radius, inflation)
@@ -263,8 +247,7 @@ class LETKF(Assimilation):
 
     def __init__(self, grid, equation, observations=None, radius: float | None = None,
                  inflation: float = 1.0, nudge: float = 1.0, reynolds_prior: list[float] | None = None,
-                 reynolds_jitter: float = JITTER, reynolds_update: str = "average",
-                 reynolds_points: int = POINTS) -> None:
+                 reynolds_jitter: float = JITTER, reynolds_update: str = "likelihood", reynolds_points: int = POINTS):
         super().__init__(grid, equation, observations, nudge, reynolds_prior, reynolds_jitter, reynolds_update,
                          reynolds_points)
         radius = grid.length / 4 if radius is None else float(radius)
@@ -296,8 +279,7 @@ class EnSF(Assimilation):
     def __init__(self, grid, equation, observations=None, steps: int = 100, eps_alpha: float = 0.05,
                  eps_beta: float = 0.0, clip: float | None = None, guidance: str = "damped",
                  inflation: float = 1.0, nudge: float = 1.0, reynolds_prior: list[float] | None = None,
-                 reynolds_jitter: float = JITTER, reynolds_update: str = "average",
-                 reynolds_points: int = POINTS) -> None:
+                 reynolds_jitter: float = JITTER, reynolds_update: str = "likelihood", reynolds_points: int = POINTS):
         super().__init__(grid, equation, observations, nudge, reynolds_prior, reynolds_jitter, reynolds_update,
                          reynolds_points)
         from latent.ensf import GUIDANCE

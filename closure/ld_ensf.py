@@ -19,12 +19,14 @@ latent. ``kernel`` (default 0.2) dresses the members in Gaussians so the analysi
 ``parameter = "separate"`` (default) updates Re by the LSTM's estimate alone (``joint``: with the latent, where
 the sensors' nearly one-hot mixture weights make it jump between members; :mod:`latent.ld_ensf`). Those
 defaults are the best measured on the E3 twin (``benchmarks/README.md``). With ``estimate_reynolds``
-(default), each member continues at its analysed viscosity ``1 / Re``: ``reynolds = "likelihood"`` (default)
-takes it from the grid likelihood of the analysis mean's solver forecasts over the model's Re range
-(:mod:`closure.reynolds_likelihood`; the members' prior Re log-uniform, drawn at the first call); ``"latent"``
-from the latent filter's own estimate (LSTM / joint, as the paper). On the E3 twin (3 truths) the likelihood
-ends 2.4 % off where the latent estimate ended 17.4 % off (``benchmarks/README.md``). The pure-latent mode (no solver) is :func:`latent.ld_ensf.run_latent`
-(``benchmarks/ld_ensf_twin.py``).
+(default), each member continues at its analysed viscosity ``1 / Re``: ``reynolds = "latent"`` (default) from
+the latent filter's own estimate (LSTM / joint, as the paper), ``"likelihood"`` from the grid likelihood of the
+analysis mean's solver forecasts over the model's Re range (:mod:`closure.reynolds_likelihood`, the physical
+filters' default; the members' prior Re log-uniform, drawn at the first call). On the E3 twin (9 truths,
+``configs/train_ld_ensf_pod512.yaml``'s model) both end about 20 % off (likelihood 19.7 %, latent 21.6 %) with
+the same state error, the likelihood at 1.7x the time per cycle: it is only as good as the analysis mean,
+and LD-EnSF's errors bias it low (``benchmarks/README.md``, "Re by a grid likelihood"). The pure-latent mode
+(no solver) is :func:`latent.ld_ensf.run_latent` (``benchmarks/ld_ensf_twin.py``).
 The log is the assimilation plug-ins' plus ``reynolds`` (ensemble mean) and ``reynolds_spread``.
 """
 from __future__ import annotations
@@ -50,7 +52,7 @@ class LDEnSF(Assimilation):
 
     requires_checkpoint: ClassVar[bool] = True  # trainable with train_closure.py train --closure ld_ensf
     INJECT = ("increment", "replace")
-    REYNOLDS = ("likelihood", "latent")
+    REYNOLDS = ("latent", "likelihood")
 
     def __init__(self, grid, equation, observations=None, nudge: float = 1.0, checkpoint: str | None = None,
                  device=None, inject: str = "increment", estimate_reynolds: bool = True, steps: int = 100,
@@ -59,7 +61,7 @@ class LDEnSF(Assimilation):
                  observation: str = "sensors", sensor_noise: float | None = None,
                  representation_error: float = 0.15, kernel: float = 0.2, implicit: bool = False,
                  reproject: bool = False, unresolved: bool = True, parameter: str = "separate",
-                 kernel_scale: str = "fixed", sampler: str = "ensf", reynolds: str = "likelihood",
+                 kernel_scale: str = "fixed", sampler: str = "ensf", reynolds: str = "latent",
                  reynolds_points: int = POINTS) -> None:
         super().__init__(grid, equation, observations, nudge)
         from .learned import load_plugin_model

@@ -133,15 +133,15 @@ RE_TWIN = ["--ensemble", "16", "--seed", "1", "--sensors", "regular:12x12", "--n
 
 @pytest.fixture(scope="module")
 def re_runs(tmp_path_factory):
-    """Truth at Re 120, then the free ensemble and EnKF / LETKF with an unknown Re, LETKF also with Re's grid
-    likelihood (about 8 s)."""
+    """Truth at Re 120, then the free ensemble and EnKF / LETKF with an unknown Re by state augmentation
+    (``reynolds_update: average``), LETKF also with Re's grid likelihood (the default; about 8 s)."""
     tmp = tmp_path_factory.mktemp("twin_re")
     truth = tmp / "truth.h5"
     flow = FLOW + ["--no-figures", "--set", f"flow.nu={1 / RE_TRUTH}"]
     assert simulate.main(flow + ["--seed", "100", "--out", str(truth)]) == 0
     out = {"truth": truth}
-    runs = (("none", "none", []), ("enkf", "enkf", ["radius=1.5", "inflation=1.2"]),
-            ("letkf", "letkf", ["inflation=1.2"]),
+    runs = (("none", "none", []), ("enkf", "enkf", ["radius=1.5", "inflation=1.2", "reynolds_update=average"]),
+            ("letkf", "letkf", ["inflation=1.2", "reynolds_update=average"]),
             ("letkf_likelihood", "letkf", ["inflation=1.2", "reynolds_update=likelihood"]))
     for key, name, options in runs:
         out[key] = tmp / f"{key}.h5"
@@ -228,13 +228,17 @@ def test_reynolds_prior_null_leaves_the_analysis_unchanged(tmp_path, name, optio
     assert tuple(plugin.history) == HISTORY_KEYS
 
 
-@pytest.mark.parametrize("name, options", [("enkf", {}), ("enkf", {"radius": 1.5, "inflation": 1.3}),
+AVERAGE = {"reynolds_update": "average"}
+
+
+@pytest.mark.parametrize("name, options", [("enkf", AVERAGE), ("enkf", {"radius": 1.5, "inflation": 1.3} | AVERAGE),
                                            ("enkf", {"radius": 1.5, "reynolds_update": "global"}),
-                                           ("letkf", {"inflation": 1.2}), ("letkf", {"reynolds_update": "global"}),
-                                           ("ensf", {"steps": 10})])
+                                           ("letkf", {"inflation": 1.2} | AVERAGE),
+                                           ("letkf", {"reynolds_update": "global"}), ("ensf", {"steps": 10} | AVERAGE)])
 def test_one_analysis_with_a_reynolds_prior(tmp_path, name, options):
-    """The first call draws 6 Re in the prior, the analysis moves them within the widened bounds, logs them and
-    returns a finite state; the same seed gives the same numbers."""
+    """State augmentation: the first call draws 6 Re in the prior, the analysis moves them within the widened
+    bounds, logs them and returns a finite state; the same seed gives the same numbers. (The default grid
+    likelihood leaves the first analysis's Re alone: tests/test_reynolds_likelihood.py.)"""
     plugin, state, obs, out = _one_analysis(tmp_path, name, reynolds_prior=[50, 150], **options)
     re = 1 / state.equation.nu
     assert out.shape == state.w.shape and torch.isfinite(out).all() and re.shape == (6,)

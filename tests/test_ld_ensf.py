@@ -441,7 +441,7 @@ def test_a_diverging_analysis_is_a_clear_error():
 
 @pytest.mark.parametrize("reynolds", ["likelihood", "latent"])
 def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path, reynolds):
-    """Both Re estimates (``likelihood``, the default: the base class's grid likelihood; ``latent``: the filter's)."""
+    """Both Re estimates (``latent``, the default: the filter's; ``likelihood``: the base class's grid likelihood)."""
     grid = Grid(32, 2 * math.pi)
     eq = NavierStokes2D(grid, 1e-2, 0.1, kolmogorov_forcing(grid, k_f=4, amplitude=1.0))
     cls = plugin_class("ld_ensf")
@@ -467,7 +467,7 @@ def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path, reynol
         make_plugin("ld_ensf", grid, eq, observations=other, checkpoint=ckpt)
     with pytest.raises(ValueError, match="needs a trained model"):
         make_plugin("ld_ensf", grid, eq, observations=obs)
-    with pytest.raises(ValueError, match=r"unknown reynolds estimate 'lstm'; choose one of \['likelihood', 'latent'\]"):
+    with pytest.raises(ValueError, match=r"unknown reynolds estimate 'lstm'; choose one of \['latent', 'likelihood'\]"):
         make_plugin("ld_ensf", grid, eq, observations=obs, checkpoint=ckpt, reynolds="lstm")
 
 
