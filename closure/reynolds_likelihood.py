@@ -19,14 +19,16 @@ point-mass filter), conditioned on the state filter's analyses:
   ``refine`` times finer grid (the posterior is narrower than the grid's spacing after some cycles).
 
 Prior: log-uniform on ``[lo, hi]`` as :mod:`closure.reynolds`' (the grid is log-spaced on it, so the prior
-weights are uniform); the first analysis has no previous mean and the members keep their prior draws.
-Cost: one forecast of ``points`` members per cycle, about the ensemble's own forecast for ``points`` ~
-``members``. Lower bound: with the state known exactly, the E3 sensors' Fisher information gives a standard
-error of ``log Re`` of 2-3 % after 40 cycles (``benchmarks/reynolds_bound.py``). Measured on the E3 twin
-(``benchmarks/results/ld_ensf_twin_pod512_likelihood*.md``, ``benchmarks/README.md``): EnKF / LETKF end
-1.8 / 1.6 % off (3 truths; augmentation: 14.7 / 13.5 %). It needs a good analysis mean: the mean's own
-error is forecast too, and viscosity damps it, so a large one biases Re low (LD-EnSF's hybrid, relative
-error 0.2, ten times LETKF's at every scale: 13 % off, every truth low). Scaling ``v`` per grid value by the
+weights are uniform); the first analysis has no previous mean and the members keep their prior draws. Cost: one
+forecast of the grid's active values per cycle. A value whose ``log L`` falls ``prune`` (30) below the best is
+dropped for good (its posterior weight is below ``e^-30`` of the best's; bringing it back would take that much
+contrary evidence), so after a few cycles only the few values around the posterior are forecast. Lower bound:
+with the state known exactly, the E3 sensors' Fisher information gives a standard error of ``log Re`` of 2-3 %
+after 40 cycles (``benchmarks/reynolds_bound.py``). Measured on the E3 twin
+(``benchmarks/results/ld_ensf_twin_pod512_likelihood*.md``, ``benchmarks/README.md``): EnKF / LETKF end 1.8 /
+1.6 % off (3 truths; augmentation: 14.7 / 13.5 %). It needs a good analysis mean: the mean's own error is
+forecast too, and viscosity damps it, so a large one biases Re low (LD-EnSF's hybrid, relative error 0.2, ten
+times LETKF's at every scale: 13 % off, every truth low). Scaling ``v`` per grid value by the
 viscous decay of the analysis anomalies' spectrum made it worse (37 %): over one period advection, not
 viscosity, moves most of that error.
 """
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 __all__ = ["ReynoldsLikelihood", "POINTS"]
 
 POINTS = 21  # default grid size: 5.6 % apart on [50, 150]; refined x10 for the posterior
+PRUNE = 30.0  # log-likelihood below the best at which a grid value is dropped
+DROPPED = -1e4  # the log L of a dropped value (relative to the best, 0): weight 0, finite for the interpolation
 
 
 class ReynoldsLikelihood:
@@ -58,27 +62,32 @@ class ReynoldsLikelihood:
         points: grid values of Re (>= 2), log-spaced on the prior.
         refine: the posterior is evaluated on a grid ``refine`` times finer (>= 1; linear in ``log L``).
         stepper: the solver's time stepper for the grid forecasts (the run's, ``cn_rk4`` by default).
+        prune: grid values whose ``log L`` is this far below the best are no longer forecast (> 0; ``inf``:
+            never).
     """
 
-    def __init__(self, prior: Sequence[float], points: int = POINTS, refine: int = 10, stepper: str = "cn_rk4"):
+    def __init__(self, prior: Sequence[float], points: int = POINTS, refine: int = 10, stepper: str = "cn_rk4",
+                 prune: float = PRUNE):
         self.lo, self.hi = check_prior(prior)
-        if int(points) != points or points < 2 or int(refine) != refine or refine < 1:
+        if int(points) != points or points < 2 or int(refine) != refine or refine < 1 or not prune > 0:
             raise ValueError(f"need reynolds_points >= 2 (grid values of Re, e.g. {POINTS}) and refine >= 1 "
-                             f"(integers); got {points}, {refine}")
+                             f"(integers) and prune > 0; got {points}, {refine}, {prune}")
         self.log_grid = torch.linspace(math.log(self.lo), math.log(self.hi), int(points), dtype=torch.float64)
         self.log_lik = torch.zeros(int(points), dtype=torch.float64)  # (points,)
-        self.refine, self.stepper = int(refine), stepper
+        self.refine, self.stepper, self.prune = int(refine), stepper, float(prune)
+        self.active = torch.ones(int(points), dtype=torch.bool)  # (points,) the values still forecast
         self.mean: torch.Tensor | None = None  # (x, y) the last analysis mean
         self.t: float | None = None  # its time
         self.cycles = 0  # likelihood terms accumulated
 
     def forecast(self, mean: torch.Tensor, equation, dt: float, steps: int) -> torch.Tensor:
-        """``mean`` ``(x, y)`` advanced ``steps`` steps at every grid Re: ``(points, x, y)``. The equation's
-        viscosity is restored afterwards."""
+        """``mean`` ``(x, y)`` advanced ``steps`` steps at every active grid Re: ``(active, x, y)``. The
+        equation's viscosity is restored afterwards."""
         saved = equation.nu
+        log_re = self.log_grid[self.active]
         try:
-            equation.set_viscosity(torch.exp(-self.log_grid))
-            w0 = mean.expand(len(self.log_grid), *mean.shape).clone()
+            equation.set_viscosity(torch.exp(-log_re))
+            w0 = mean.expand(len(log_re), *mean.shape).clone()
             return rollout(w0, equation, dt, steps, stepper=self.stepper).w
         finally:
             equation.set_viscosity(saved)
@@ -98,10 +107,13 @@ class ReynoldsLikelihood:
             return
         Hf = Hf.cpu()
         y, r = obs.y.to(Hf), obs.r.to(Hf)  # (sensors,)
-        d2 = (y - Hf) ** 2  # (points, sensors)
-        excess = ((self.grid_weights()[:, None] * d2).sum(0).mean() - r.mean()).clamp(min=0)
+        d2 = (y - Hf) ** 2  # (active, sensors)
+        excess = ((self.grid_weights()[self.active, None] * d2).sum(0).mean() - r.mean()).clamp(min=0)
         v = torch.clamp(HX.to(Hf).var(0), min=excess.item()) if HX.shape[0] > 1 else excess.expand_as(r)
-        self.log_lik += -0.5 * (d2 / (r + v)).sum(-1)
+        self.log_lik[self.active] += -0.5 * (d2 / (r + v)).sum(-1)
+        self.log_lik -= self.log_lik[self.active].max()  # the best at 0
+        self.active &= self.log_lik > -self.prune
+        self.log_lik[~self.active] = DROPPED
         self.cycles += 1
 
     def remember(self, mean: torch.Tensor, t: float) -> None:

@@ -68,9 +68,8 @@ def test_grid_forecast_is_each_value_alone_and_restores_the_viscosity(nu):
     assert out.shape == (3, 32, 32) and torch.allclose(out[1], ref, rtol=1e-10, atol=1e-10)
 
 
-def test_a_perfectly_known_state_finds_the_truths_reynolds_number(tmp_path):
-    """The analysis mean is the truth (noise 1 % of the RMS on 8 x 8 sensors, 12 cycles of 0.2): the posterior mean
-    ends within 1 % of Re 120 from a prior [50, 150] (mean 91), and within 3 posterior standard deviations."""
+def _perfect_state_twin(tmp_path, **options):
+    """The analysis mean is the truth (noise 1 % of the RMS on 8 x 8 sensors, 12 cycles of 0.2)."""
     grid, eq = _flow(1 / 120)
     w = band_limited(grid, 1, 1, 4, 5.0, generator=torch.Generator().manual_seed(1))
     frames, dt, every = [w[0]], 0.01, 20
@@ -81,16 +80,28 @@ def test_a_perfectly_known_state_finds_the_truths_reynolds_number(tmp_path):
     sigma = 0.01 * torch.stack(frames).pow(2).mean().sqrt().item()
     obs = Assimilation.example_observations(tmp_path / "truth.h5", grid, torch.stack(frames), times, "regular:8x8",
                                             sigma)
-    lik = ReynoldsLikelihood([50, 150])
+    lik = ReynoldsLikelihood([50, 150], **options)
+    active = []
     for k in range(1, len(frames)):
         lik.remember(frames[k - 1], times[k - 1])
         state = FlowState(w=frames[k][None], t=times[k], step=k * every, dt=dt, grid=grid, equation=eq)
         HX = obs.operator(state.w).to(torch.float64)
         lik.observe(state, obs.at(times[k]), obs.operator, HX)
+        active.append(int(lik.active.sum()))
+    assert eq.nu == pytest.approx(1 / 120)  # the truth's viscosity is back
+    return lik, active
+
+
+def test_a_perfectly_known_state_finds_the_truths_reynolds_number(tmp_path):
+    """The posterior mean ends within 1 % of Re 120 from a prior [50, 150] (mean 91), and within 3 posterior
+    standard deviations; pruning the grid (the default) forecasts fewer values and leaves the posterior as it is."""
+    lik, active = _perfect_state_twin(tmp_path)
     mean, spread = lik.scores()
     assert lik.cycles == 12 and abs(mean - 120) / 120 < 0.01 and abs(mean - 120) < 3 * spread
     assert spread < 0.015 * 120  # measured: 120.45 +- 0.46
-    assert eq.nu == pytest.approx(1 / 120)  # the truth's viscosity is back
+    full, every = _perfect_state_twin(tmp_path / "full", prune=math.inf)
+    assert every == [21] * 12 and active[-1] <= 4 and sum(active) < 0.5 * sum(every)  # measured: 16, 11, 9, ..., 3
+    assert mean == pytest.approx(full.scores()[0], rel=1e-4) and spread == pytest.approx(full.scores()[1], rel=1e-2)
 
 
 def test_likelihood_update_in_a_plugin_sets_the_members_and_logs_the_posterior(tmp_path):
@@ -115,7 +126,8 @@ def test_likelihood_update_in_a_plugin_sets_the_members_and_logs_the_posterior(t
 
 
 @pytest.mark.parametrize("kwargs, match", [({"points": 1}, "reynolds_points >= 2"), ({"refine": 0}, "refine >= 1"),
-                                           ({"points": 2.5}, "integers"), ({"prior": [150, 50]}, "0 < lo < hi")])
+                                           ({"points": 2.5}, "integers"), ({"prior": [150, 50]}, "0 < lo < hi"),
+                                           ({"prune": 0}, "prune > 0")])
 def test_bad_options_are_clear_errors(kwargs, match):
     prior = kwargs.pop("prior", [50, 150])
     with pytest.raises(ValueError, match=match):
