@@ -24,7 +24,7 @@ the latent filter's own estimate (LSTM / joint, as the paper), ``"likelihood"`` 
 analysis mean's solver forecasts over the model's Re range (:mod:`closure.reynolds_likelihood`, the physical
 filters' default; the members' prior Re log-uniform, drawn at the first call). On the E3 twin (9 truths,
 ``configs/train_ld_ensf_pod512.yaml``'s model) both end about 20 % off (likelihood 19.7 %, latent 21.6 %) with
-the same state error, the likelihood at 1.7x the time per cycle: it is only as good as the analysis mean,
+the same state error, the likelihood at 1.7-2x the time per cycle: it is only as good as the analysis mean,
 and LD-EnSF's errors bias it low (``benchmarks/README.md``, "Re by a grid likelihood"). The pure-latent mode
 (no solver) is :func:`latent.ld_ensf.run_latent` (``benchmarks/ld_ensf_twin.py``).
 The log is the assimilation plug-ins' plus ``reynolds`` (ensemble mean) and ``reynolds_spread``.
