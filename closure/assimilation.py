@@ -146,7 +146,7 @@ class Assimilation(Plugin):
             Xa = self.reynolds.update(self._nudged(Z, self.analysis(Z, HX, obs, state)), s, state)
         if self.likelihood is not None:
             self.likelihood.remember(Xa.mean(0).reshape(state.w.shape[1:]).to(state.w.dtype), state.t)
-            self.likelihood.assign(state.equation, members)
+            self.likelihood.assign(state.equation, self.reynolds.reynolds(state.equation, members))
         seconds = time.perf_counter() - start
         self._log(obs, X, Xa, seconds)
         if self.reynolds is not None:

@@ -125,14 +125,13 @@ class LDEnSF(Assimilation):
         analysed = self.filter.fields(n)
         base = forecast if self.inject == "increment" else w
         new = w + (analysed - base)  # the base class moves the state the fraction nudge of the way
-        if self.likelihood is not None:  # the base class logs and sets Re
-            return (new * norm.state_std + norm.state_mean).reshape(members, -1).to(X)
-        reynolds = self.filter.reynolds()
-        self.history["reynolds"].append(float(reynolds.mean()))
-        self.history["reynolds_spread"].append(float(reynolds.std()))
-        if self.estimate_reynolds:
-            lo, hi = model.reynolds
-            self.equation.set_viscosity(1.0 / reynolds.clamp(lo / 2, 2 * hi).to(torch.float64))
+        if self.likelihood is None:  # with the grid likelihood the base class logs and sets Re
+            reynolds = self.filter.reynolds()
+            self.history["reynolds"].append(float(reynolds.mean()))
+            self.history["reynolds_spread"].append(float(reynolds.std()))
+            if self.estimate_reynolds:
+                lo, hi = model.reynolds
+                self.equation.set_viscosity(1.0 / reynolds.clamp(lo / 2, 2 * hi).to(torch.float64))
         return (new * norm.state_std + norm.state_mean).reshape(members, -1).to(X)
 
     @classmethod

@@ -138,15 +138,13 @@ class ReynoldsLikelihood:
         idx = torch.searchsorted(torch.cumsum(w, 0), q).clamp(max=len(w) - 1)
         return log_re[idx].exp()
 
-    def assign(self, equation, members: int) -> None:
-        """Set the members' viscosities ``1 / Re`` to the posterior quantiles, keeping their Re's ranks (no-op
-        before the first likelihood term: the members keep their prior draws)."""
+    def assign(self, equation, reynolds: torch.Tensor) -> None:
+        """Set the viscosities ``1 / Re`` of members whose Re are now ``reynolds`` ``(members,)`` to the posterior
+        quantiles, keeping their ranks (no-op before the first likelihood term: they keep their prior draws)."""
         if self.cycles == 0:
             return
-        values = self.quantiles(members)
-        nu = torch.as_tensor(equation.nu, dtype=torch.float64).cpu()
-        ranks = torch.argsort(torch.argsort(-nu)) if nu.dim() == 1 and len(nu) == members else torch.arange(members)
-        equation.set_viscosity(1.0 / values[ranks])
+        ranks = torch.argsort(torch.argsort(reynolds.cpu()))
+        equation.set_viscosity(1.0 / self.quantiles(len(ranks))[ranks])
 
     def scores(self) -> tuple[float, float]:
         """``(mean, spread)`` of Re under the posterior (the estimate and its standard deviation)."""

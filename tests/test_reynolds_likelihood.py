@@ -45,11 +45,11 @@ def test_assign_keeps_the_members_ranks_and_waits_for_a_likelihood():
     lik = ReynoldsLikelihood([50, 150])
     members = torch.tensor([60.0, 140.0, 90.0, 110.0], dtype=torch.float64)
     eq.set_viscosity(1 / members)
-    lik.assign(eq, 4)  # no likelihood yet: the prior draws stay
+    lik.assign(eq, 1 / eq.nu)  # no likelihood yet: the prior draws stay
     assert torch.allclose(1 / eq.nu, members)
     lik.log_lik = -0.5 * ((lik.log_grid - math.log(120)) / 0.1) ** 2
     lik.cycles = 1
-    lik.assign(eq, 4)
+    lik.assign(eq, 1 / eq.nu)
     re = 1 / eq.nu
     assert torch.equal(torch.argsort(re), torch.argsort(members))  # same order
     assert torch.allclose(torch.sort(re).values, lik.quantiles(4), rtol=1e-6)
