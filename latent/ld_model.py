@@ -33,6 +33,13 @@ instead of from scratch (E3 data, 128 latents: the POD's relative error is 0.29)
 joint training made the autoencoder worse than its POD start (test relative error 0.20-0.30 after 30 epochs
 against the POD's 0.02-0.16), and the hybrid filter's analysis is bounded by the autoencoder.
 
+``windows`` (default 1): random windows per trajectory in each phase-1 batch (one window of 5 frames per
+trajectory sees 1 / 37 of a 41-frame trajectory's windows per epoch; the encoding is cheap next to the ODE).
+``latent_noise`` (default 0): in phase 1 the rollout starts from the first frame's code plus Gaussian noise of
+``latent_noise`` x each component's standard deviation over the batch, against the same clean later frames: the
+ODE learns to bring perturbed codes (an analysis is one) back to the trajectories (seed 003's latent noise
+injection); the reconstruction term is unchanged.
+
 Training fields are rolled along ``x`` by a random whole number of steps per trajectory
 (``shifts = "x"``, a symmetry of the Kolmogorov flow). Parameters are normalised affinely, ``p = 2 (Re - lo) / (hi - lo) - 1`` over ``reynolds``.
 """
@@ -179,14 +186,16 @@ class LatentDynamicsModel(TrainableModel):
                  length: float = 2 * math.pi, frame_dt: float = 0.2, reynolds: tuple = (50.0, 150.0),
                  sensors: str = "regular:10x10", obs_noise: float = 0.1, window: int = 5,
                  consistency: float = 0.1, dynamics_epochs: int = 60, shifts: str = "x", pod: bool = False,
-                 param_weight: float = 1.0, freeze_autoencoder: bool = False) -> None:
+                 param_weight: float = 1.0, freeze_autoencoder: bool = False, latent_noise: float = 0.0,
+                 windows: int = 1) -> None:
         super().__init__()
-        if not (latent >= 1 and window >= 2 and frame_dt > 0 and reynolds[0] < reynolds[1]):
-            raise ValueError(f"need latent >= 1, window >= 2, frame_dt > 0, reynolds lo < hi; got {latent}, "
-                             f"{window}, {frame_dt}, {reynolds}")
+        if not (latent >= 1 and window >= 2 and frame_dt > 0 and reynolds[0] < reynolds[1] and latent_noise >= 0
+                and windows >= 1):
+            raise ValueError(f"need latent >= 1, window >= 2, frame_dt > 0, reynolds lo < hi, latent_noise >= 0, "
+                             f"windows >= 1; got {latent}, {window}, {frame_dt}, {reynolds}, {latent_noise}, {windows}")
         self.latent, self.n, self.length, self.frame_dt = latent, n, float(length), float(frame_dt)
         self.ode_substeps, self.window, self.consistency = ode_substeps, window, consistency
-        self.param_weight = float(param_weight)
+        self.param_weight, self.latent_noise, self.windows = float(param_weight), float(latent_noise), int(windows)
         self.reynolds, self.obs_noise, self.dynamics_epochs = tuple(map(float, reynolds)), obs_noise, dynamics_epochs
         if shifts not in ("none", "x"):
             raise ValueError(f"unknown shifts {shifts!r}; choose 'x' (Kolmogorov forcing in y) or 'none'")
@@ -326,13 +335,16 @@ class LatentDynamicsModel(TrainableModel):
 
     def _dynamics_loss(self, w: torch.Tensor, p: torch.Tensor):
         w = shift_fields(w, self.shifts)  # per trajectory, the same shift for all its frames
-        batch, frames = w.shape[:2]
+        traj = torch.arange(w.shape[0], device=w.device).repeat_interleave(self.windows)  # windows per trajectory
+        p, batch, frames = p[traj], len(traj), w.shape[1]
         start = torch.randint(0, frames - self.window + 1, (batch,), device=w.device)
         idx = start[:, None] + torch.arange(self.window, device=w.device)
-        win = w[torch.arange(batch, device=w.device)[:, None], idx]  # (batch, window, x, y)
+        win = w[traj[:, None], idx]  # (batch, window, x, y)
         z = self.encode(win.flatten(0, 1)).reshape(batch, self.window, -1)
         recon = F.mse_loss(self.decode(z.flatten(0, 1)), win.flatten(0, 1))
         roll, zk = [], z[:, 0]
+        if self.training and self.latent_noise > 0:  # start off the trajectory: the ODE learns to return to it
+            zk = zk + self.latent_noise * z.detach().flatten(0, 1).std(0) * torch.randn_like(zk)
         for _ in range(1, self.window):
             zk = self.advance(zk, p)
             roll.append(zk)

@@ -131,6 +131,41 @@ def test_observer_loss_weighs_the_parameter_by_param_weight():
     assert l5 - l1 == pytest.approx(4 * float(t1["re_mse"]), rel=1e-9)
 
 
+def test_latent_noise_perturbs_only_the_training_rollouts_start():
+    """Phase 1 with ``latent_noise``: in training the rollout starts from the first frame's code plus noise (so the
+    forecast and latent terms change, the reconstruction does not); in evaluation the loss is the noiseless one."""
+    w, re = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([[60.0], [140.0]], dtype=torch.float64)
+
+    def terms(noise, training):
+        model = tiny_model(latent_noise=noise, shifts="none").double().train(training)
+        model.begin_epoch(0)  # phase 1
+        torch.manual_seed(3)
+        return {k: float(v) for k, v in model.loss(w, re)[1].items()}
+
+    clean, noisy = terms(0.0, True), terms(0.5, True)
+    assert noisy["recon"] == clean["recon"]
+    assert noisy["latent"] > clean["latent"] and noisy["forecast"] != clean["forecast"]
+    assert terms(0.5, False) == terms(0.0, False)
+    with pytest.raises(ValueError, match="latent_noise"):
+        tiny_model(latent_noise=-0.1)
+
+
+def test_windows_draws_several_windows_per_trajectory():
+    """``windows = 2`` on one trajectory is the phase-1 loss of that trajectory twice (same random draws)."""
+    w, re = torch.randn(1, 6, 32, 32, dtype=torch.float64), torch.tensor([[90.0]], dtype=torch.float64)
+
+    def loss(windows, w, re):
+        model = tiny_model(windows=windows, shifts="none").double()
+        model.begin_epoch(0)
+        torch.manual_seed(4)
+        return float(model.loss(w, re)[0])
+
+    twice = loss(1, w.expand(2, -1, -1, -1), re.expand(2, 1))
+    assert loss(2, w, re) == pytest.approx(twice, rel=1e-12) and twice != pytest.approx(loss(1, w, re), rel=1e-6)
+    with pytest.raises(ValueError, match="windows"):
+        tiny_model(windows=0)
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """4 trajectories x 4 frames of a 32^2 Kolmogorov flow, Re ~ U(50, 150)."""
@@ -534,3 +569,10 @@ def test_twin_benchmark_runs_every_method_and_records_its_setup(tiny_data, tmp_p
         assert len(row["rel_curve"]) == 4, name
     assert 0.5 < result["methods"]["none"]["rel_end"] < 2
     assert np.isfinite(result["methods"]["ld_ensf"]["rel_end"]) and out.with_suffix(".md").exists()
+    parts = benchmark("ld_ensf_components")  # the same model's parts; without a start perturbation the two ODE
+    for noise in (0.0, 1.0):                 # rows agree, with one they differ; persistence is its own row
+        assert parts.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tiny_data), "--count", "1",
+                           "--start-noise", str(noise), "--json", str(tmp_path / f"parts{noise}.json")]) == 0
+        row = json.loads((tmp_path / f"parts{noise}.json").read_text())
+        assert (row["ode_noisy_start"] == row["ode_one_frame"]) == (noise == 0.0)
+        assert row["persistence"] != row["ode_one_frame"] and all(np.isfinite(row["persistence"]))
