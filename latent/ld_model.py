@@ -33,6 +33,13 @@ instead of from scratch (E3 data, 128 latents: the POD's relative error is 0.29)
 joint training made the autoencoder worse than its POD start (test relative error 0.20-0.30 after 30 epochs
 against the POD's 0.02-0.16), and the hybrid filter's analysis is bounded by the autoencoder.
 
+``dynamics = "galerkin"`` (with ``pod`` and ``freeze_autoencoder``: a linear latent ``w = mean + D z``,
+``z = P (w - mean)``) adds to the MLP the vorticity equation projected onto the latent, ``P N(decode(z); Re)``
+(:mod:`latent.galerkin`; model kwargs ``drag`` and ``forcing`` must be the data's, checked), the classical
+POD-Galerkin reduced-order model; the MLP starts at zero and, trained in phase 1, learns what the projection drops
+(the unresolved scales' effect). On the E3 data the neural ODE alone forecasts one frame no better than persistence
+(test split 0.26-0.68 against 0.23-0.74) and the projection 0.04-0.21 (``benchmarks/README.md``).
+
 ``windows`` (default 1): random windows per trajectory in each phase-1 batch (one window of 5 frames per
 trajectory sees 1 / 37 of a 41-frame trajectory's windows per epoch; the encoding is cheap next to the ODE).
 ``latent_noise`` (default 0): in phase 1 the rollout starts from the first frame's code plus Gaussian noise of
@@ -54,11 +61,14 @@ from torch import nn
 from solvers.observation import parse_sensors, sample_fields
 from solvers.symmetry import shift_fields
 
+from .galerkin import VorticityTendency, check_galerkin_flow
 from .latent_ode import LatentVectorField, rk4
 from .models import TrainableModel, check_trajectory_grid, register_model
 from .pod import fit_pod
 
-__all__ = ["LatentDynamicsModel", "SpectralDecoder", "PeriodicEncoder"]
+__all__ = ["LatentDynamicsModel", "SpectralDecoder", "PeriodicEncoder", "DYNAMICS"]
+
+DYNAMICS = ("neural", "galerkin")
 
 
 class PeriodicEncoder(nn.Module):
@@ -187,7 +197,7 @@ class LatentDynamicsModel(TrainableModel):
                  sensors: str = "regular:10x10", obs_noise: float = 0.1, window: int = 5,
                  consistency: float = 0.1, dynamics_epochs: int = 60, shifts: str = "x", pod: bool = False,
                  param_weight: float = 1.0, freeze_autoencoder: bool = False, latent_noise: float = 0.0,
-                 windows: int = 1) -> None:
+                 windows: int = 1, dynamics: str = "neural", drag: float = 0.0, forcing: dict | None = None) -> None:
         super().__init__()
         if not (latent >= 1 and window >= 2 and frame_dt > 0 and reynolds[0] < reynolds[1] and latent_noise >= 0
                 and windows >= 1):
@@ -209,6 +219,16 @@ class LatentDynamicsModel(TrainableModel):
         self.encoder = PeriodicEncoder(latent, width, n, linear=self.pod)
         self.decoder = SpectralDecoder(latent, modes, hidden, linear=self.pod)
         self.field = LatentVectorField(latent, 1, ode_hidden)
+        self.dynamics, self.tendency = dynamics, None
+        if dynamics not in DYNAMICS:
+            raise ValueError(f"unknown dynamics {dynamics!r}; choose one of {list(DYNAMICS)}")
+        if dynamics == "galerkin":  # the projected equations plus the MLP, which starts at zero
+            if not self.freeze_autoencoder:
+                raise ValueError("dynamics 'galerkin' projects onto a linear latent: set model.kwargs.pod=true and "
+                                 "freeze_autoencoder=true")
+            self.tendency = VorticityTendency(n, length, drag, forcing)
+            nn.init.zeros_(self.field.net[-1].weight)
+            nn.init.zeros_(self.field.net[-1].bias)
         self.observer = ObservationEncoder(len(self.positions), latent + 1, lstm_hidden)
         self.register_buffer("z_mean", torch.zeros(latent))
         self.register_buffer("z_std", torch.ones(latent))
@@ -225,6 +245,13 @@ class LatentDynamicsModel(TrainableModel):
             raise ValueError("ld_ensf trains on parametric trajectories with a Reynolds number each: make them with "
                              "`python train_closure.py generate-parametric --config configs/data_e3_small.yaml`")
         check_trajectory_grid(cls, attrs, times, kwargs)
+        if kwargs.get("dynamics", "neural") == "galerkin":
+            check_galerkin_flow(attrs, kwargs)
+
+    def fit_normalization(self, norm) -> None:
+        """``dynamics = "galerkin"``: the projected equations work in the data's physical units."""
+        if self.tendency is not None:
+            self.tendency.set_normalization(norm.state_mean, norm.state_std)
 
     def normalize_params(self, reynolds: torch.Tensor) -> torch.Tensor:
         lo, hi = self.reynolds
@@ -251,7 +278,16 @@ class LatentDynamicsModel(TrainableModel):
         """``z`` ``(batch, latent)`` after ``dt`` (default one frame) at normalised parameters ``p`` ``(batch, 1)``."""
         dt = self.frame_dt if dt is None else dt
         substeps = max(1, round(self.ode_substeps * dt / self.frame_dt))
-        return rk4(self.field, z, p, dt, substeps)
+        return rk4(self.vector_field, z, p, dt, substeps)
+
+    def vector_field(self, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """``dz/dt`` ``(batch, latent)`` at normalised parameters ``p`` ``(batch, 1)``: the MLP, plus with
+        ``dynamics = "galerkin"`` the projected equations ``P N(decode(z))`` (:mod:`latent.galerkin`)."""
+        out = self.field(z, p)
+        if self.tendency is None:
+            return out
+        dw = self.tendency(self.decode(z), self.reynolds_from(p[:, 0]))
+        return out + F.linear(dw.flatten(1).to(z.dtype), self.encoder.linear_weight)
 
     def standardize(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.z_mean) / self.z_std

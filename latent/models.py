@@ -50,6 +50,10 @@ class TrainableModel(nn.Module):
         """The closure term for ``state`` (a sample for stochastic models)."""
         raise NotImplementedError
 
+    def fit_normalization(self, norm: "Normalization") -> None:
+        """Called once by the trainer with the train split's normalisation before :meth:`fit_data` (not on
+        ``--resume``): models that need the data's physical units keep them in buffers here."""
+
     def fit_data(self, state: torch.Tensor, target: torch.Tensor) -> None:
         """Called once by the trainer with the normalised train split before training (not on ``--resume``):
         models with statistics of the data in their buffers (e.g. a POD prior) fit them here."""

@@ -188,6 +188,7 @@ def prepare(args: argparse.Namespace) -> Job:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, **cfg.model.kwargs).to(device, dtype)
     if not args.resume:
+        model.fit_normalization(meta["normalization"])
         model.fit_data(*data["train"])  # data statistics in buffers (a warm start or --resume then overrides them)
     if cfg.init_from and not args.resume:
         _warm_start(model, cfg.init_from)

@@ -1,0 +1,104 @@
+"""The vorticity equation's right-hand side in a model's normalised units: the physics of POD-Galerkin latent dynamics.
+
+With a linear autoencoder (``ld_ensf``'s POD kept fixed: ``w = mean + D z``, ``z = P (w - mean)``, ``P D = I``)
+the exact dynamics of a field in the span are ``dz/dt = P N(mean + D z; Re)``, ``N`` the solver's right-hand
+side (advection, viscosity ``1 / Re``, drag, forcing): the Galerkin projection, the classical reduced-order
+model. It is evaluated pseudo-spectrally, by decoding to the grid, the solver's own terms
+(:class:`solvers.navier_stokes.NavierStokes2D`, 2/3 dealiasing) and projecting, so it is exact for fields the
+latent represents; what it drops is the unresolved scales' effect on the resolved ones (a closure), which
+``ld_ensf``'s learned vector field adds (:mod:`latent.ld_model`, ``dynamics = "galerkin"``)::
+
+    tendency = VorticityTendency(64, 2 * math.pi, drag=0.1, forcing={"kind": "kolmogorov", "params": {"k_f": 4}})
+    tendency.set_normalization(mean, std)     # the training data's: fields are (w - mean) / std
+    dw_dt = tendency(w, reynolds)             # (batch, x, y) normalised, (batch,) -> (batch, x, y) normalised
+
+Normalised units: ``w_n = (w - mean) / std`` evolves as ``dw_n/dt = N(std w_n + mean) / std``. Differentiable
+(torch FFTs when autograd records), on the fields' device and dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import yaml
+from torch import nn
+
+from solvers.forcing import make_forcing
+from solvers.grid import Grid
+from solvers.navier_stokes import NavierStokes2D
+
+__all__ = ["VorticityTendency", "check_galerkin_flow"]
+
+
+class VorticityTendency(nn.Module):
+    """``dw/dt`` ``(batch, n, n)`` of normalised vorticity fields at per-field Reynolds numbers (module
+    docstring). ``forcing``: ``{"kind": ..., "params": {...}}`` as a flow config's (:func:`solvers.forcing.make_forcing`)
+    or None; the normalisation lives in buffers (saved with the model)."""
+
+    def __init__(self, n: int, length: float = 2 * math.pi, drag: float = 0.0, forcing: dict | None = None) -> None:
+        super().__init__()
+        forcing = dict(forcing or {"kind": "none"})
+        if set(forcing) - {"kind", "params"}:
+            raise ValueError(f"forcing takes 'kind' and 'params', got {sorted(forcing)}")
+        self.n, self.length, self.drag = int(n), float(length), float(drag)
+        self.forcing = {"kind": forcing.get("kind", "none"), "params": dict(forcing.get("params") or {})}
+        self._check(Grid(self.n, self.length))  # a bad forcing or drag fails at construction, not at the first step
+        self.register_buffer("state_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("state_std", torch.ones((), dtype=torch.float64))
+        self._cache: tuple | None = None
+
+    def _check(self, grid: Grid) -> NavierStokes2D:
+        force = make_forcing(grid, self.forcing["kind"], **self.forcing["params"])
+        return NavierStokes2D(grid, 0.0, self.drag, force)
+
+    @torch.no_grad()
+    def set_normalization(self, mean: float, std: float) -> None:
+        """Fields are ``(w - mean) / std`` (the training data's state normalisation)."""
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError(f"need a finite mean and std > 0, got {mean}, {std}")
+        self.state_mean.fill_(mean)
+        self.state_std.fill_(std)
+
+    def equation(self, like: torch.Tensor) -> tuple[Grid, NavierStokes2D]:
+        """The grid and equation on ``like``'s device and dtype (built once per device and dtype)."""
+        key = (like.device, like.dtype)
+        if self._cache is None or self._cache[0] != key:
+            grid = Grid(self.n, self.length, device=like.device, dtype=like.dtype)
+            self._cache = (key, grid, self._check(grid))
+        return self._cache[1], self._cache[2]
+
+    def forward(self, w: torch.Tensor, reynolds: torch.Tensor) -> torch.Tensor:
+        if w.shape[-2:] != (self.n, self.n) or w.dim() != 3 or reynolds.shape != w.shape[:1]:
+            raise ValueError(f"need fields (batch, {self.n}, {self.n}) and one Re each (batch,); got "
+                             f"{tuple(w.shape)} and {tuple(reynolds.shape)}")
+        grid, eq = self.equation(w)
+        eq.set_viscosity(1.0 / reynolds.detach().to(torch.float64))
+        mean, std = self.state_mean.to(w.dtype), self.state_std.to(w.dtype)
+        w_hat = grid.rfft(w * std + mean)
+        return grid.irfft(eq.explicit_terms(w_hat) + eq.implicit_terms(w_hat)) / std
+
+
+def check_galerkin_flow(attrs: dict, kwargs: dict) -> None:
+    """``ValueError`` naming the ``--set`` fix unless the model kwargs' ``drag`` and ``forcing`` are those of the
+    dataset's flow (root ``attrs``' resolved config), which must be deterministic and 2/3-dealiased: the projected
+    equations must be the ones that made the data."""
+    flow = (yaml.safe_load(attrs.get("config") or "") or {}).get("flow") or {}
+    if not flow:
+        raise ValueError("dynamics 'galerkin' needs the data's flow (drag, forcing), but the file records no config; "
+                         "regenerate it with train_closure.py generate-parametric")
+    if flow.get("noise") or flow.get("dealias", True) not in (True, "2/3") or (flow.get("forcing") or {}).get(
+            "filter", "none") != "none":
+        raise ValueError("dynamics 'galerkin' projects a deterministic, 2/3-dealiased flow with an unfiltered forcing; "
+                         f"this data's flow has noise {flow.get('noise')}, dealias {flow.get('dealias', True)}: use "
+                         "model.kwargs.dynamics=neural")
+
+    def forcing(spec):
+        spec = dict(spec or {"kind": "none"})
+        return {"kind": spec.get("kind", "none"), "params": {k: float(v) for k, v in (spec.get("params") or {}).items()}}
+
+    want = {"drag": float(flow.get("drag", 0.0)), "forcing": forcing(flow.get("forcing"))}
+    given = {"drag": float(kwargs.get("drag", 0.0)), "forcing": forcing(kwargs.get("forcing"))}
+    if want != given:
+        raise ValueError(f"dynamics 'galerkin' must project the data's equations: the data has drag {want['drag']} and "
+                         f"forcing {want['forcing']}, the model {given['drag']} and {given['forcing']}; set "
+                         f"model.kwargs.drag={want['drag']} and model.kwargs.forcing to the data's")
