@@ -18,12 +18,10 @@ code against the later frames, and ``consistency`` x the latent rollout error. P
 decoder and ODE frozen; the LSTM reads the noisy sensor values (fixed layout ``sensors``, noise
 ``obs_noise`` x U(0.5, 1.5) in normalised units) of whole trajectories from their first frame and
 predicts, at every frame, the *standardised* latent ``u = (z - z_mean) / z_std`` of the frame and
-the normalised parameter, with a variance (Gaussian NLL, mean detached): these are LD-EnSF's
-latent observations and their noise. The mean's loss is the latent's MSE (mean over its components)
-plus ``param_weight`` x the parameter's: averaged with the latent's 128 components instead, the one
-parameter weighed 1/129 and the LSTM learned no Re at all (validation MSE 0.375 against the prior
-mean's 0.333). ``z_mean`` / ``z_std`` track the training frames' codes during
-phase 2 (first batch, then a moving average).
+the normalised parameter, with a variance (Gaussian NLL, mean detached): LD-EnSF's latent observations and
+their noise. The mean's loss is the latent's MSE (mean over its components) plus ``param_weight`` x the
+parameter's (averaged in with 128 latents, the LSTM learned no Re). ``z_mean`` / ``z_std`` track the training
+frames' codes during phase 2 (first batch, then a moving average). Parts: :mod:`latent.ld_parts`.
 
 ``pod`` (off by default): encoder and decoder each get a fixed linear path beside the nonlinear one, set
 before training to the POD of the training frames in the decoder's band (:meth:`LatentDynamicsModel.fit_data`),
@@ -40,12 +38,10 @@ POD-Galerkin reduced-order model; the MLP starts at zero and, trained in phase 1
 (the unresolved scales' effect). On the E3 data the neural ODE alone forecasts one frame no better than persistence
 (test split 0.26-0.68 against 0.23-0.74) and the projection 0.04-0.21 (``benchmarks/README.md``).
 
-``windows`` (default 1): random windows per trajectory in each phase-1 batch (one window of 5 frames per
-trajectory sees 1 / 37 of a 41-frame trajectory's windows per epoch; the encoding is cheap next to the ODE).
-``latent_noise`` (default 0): in phase 1 the rollout starts from the first frame's code plus Gaussian noise of
-``latent_noise`` x each component's standard deviation over the batch, against the same clean later frames: the
-ODE learns to bring perturbed codes (an analysis is one) back to the trajectories (seed 003's latent noise
-injection); the reconstruction term is unchanged.
+Phase-1 options: ``windows`` (default 1) random windows per trajectory in each batch; ``latent_noise`` (default 0):
+the rollout starts from the first frame's code plus Gaussian noise of ``latent_noise`` x each component's batch
+standard deviation, against the same clean frames (seed 003's noise injection: perturbed codes, as an analysis
+is, are brought back). Neither moved the E3 neural ODE off persistence.
 
 Training fields are rolled along ``x`` by a random whole number of steps per trajectory
 (``shifts = "x"``, a symmetry of the Kolmogorov flow). Parameters are normalised affinely, ``p = 2 (Re - lo) / (hi - lo) - 1`` over ``reynolds``.
@@ -63,124 +59,13 @@ from solvers.symmetry import shift_fields
 
 from .galerkin import VorticityTendency, check_galerkin_flow
 from .latent_ode import LatentVectorField, rk4
+from .ld_parts import ObservationEncoder, PeriodicEncoder, SpectralDecoder
 from .models import TrainableModel, check_trajectory_grid, register_model
 from .pod import fit_pod
 
-__all__ = ["LatentDynamicsModel", "SpectralDecoder", "PeriodicEncoder", "DYNAMICS"]
+__all__ = ["LatentDynamicsModel", "DYNAMICS"]
 
 DYNAMICS = ("neural", "galerkin")
-
-
-class PeriodicEncoder(nn.Module):
-    """``(batch, x, y) -> (batch, latent)``: stride-2 circular convolutions down to 4 x 4, then linear.
-    ``linear``: plus a fixed linear map of the whole field (buffers: a POD projection once :meth:`init_linear`
-    has set it), with the convolutional path starting at zero."""
-
-    def __init__(self, latent: int, width: int = 16, n: int = 64, linear: bool = False) -> None:
-        super().__init__()
-        layers, channels = [], 1
-        for i in range(max(1, int(math.log2(n // 4)))):
-            out = width * min(2 ** i, 4)
-            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, padding_mode="circular"), nn.GELU()]
-            channels = out
-        self.convs = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))
-        self.head = nn.Linear(channels * 16, latent)
-        self.linear = bool(linear)
-        if linear:
-            self.register_buffer("linear_weight", torch.zeros(latent, n * n))
-            self.register_buffer("linear_bias", torch.zeros(latent))
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
-
-    @torch.no_grad()
-    def init_linear(self, mean: torch.Tensor, rows: torch.Tensor) -> None:
-        """The linear path as ``z = rows (w - mean)``: ``mean`` ``(x*y,)``, ``rows`` ``(latent, x*y)``."""
-        self.linear_weight.copy_(rows)
-        self.linear_bias.copy_(-rows @ mean)
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        z = self.head(self.convs(w[:, None]).flatten(1))
-        return z + F.linear(w.flatten(1), self.linear_weight, self.linear_bias) if self.linear else z
-
-
-class SpectralDecoder(nn.Module):
-    """``(batch, latent) -> (batch, n, n)``: an MLP gives the Fourier coefficients (real, imaginary) of
-    ``|k_x|, |k_y| <= modes``, placed in an rfft array and inverted (``norm="forward"``: the
-    coefficients are the amplitudes). ``linear``: plus a fixed linear map of ``z`` to the same coefficients
-    (buffers: POD modes once :meth:`init_linear` has set them), with the MLP's output starting at zero."""
-
-    def __init__(self, latent: int, modes: int = 16, hidden: int = 256, linear: bool = False) -> None:
-        super().__init__()
-        self.modes = modes
-        self.shape = (2 * modes + 1, modes + 1)
-        size = 2 * self.shape[0] * self.shape[1]
-        self.net = nn.Sequential(nn.Linear(latent, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, size))
-        self.linear = bool(linear)
-        if linear:
-            self.register_buffer("linear_weight", torch.zeros(size, latent))
-            self.register_buffer("linear_bias", torch.zeros(size))
-            nn.init.zeros_(self.net[-1].weight)
-            nn.init.zeros_(self.net[-1].bias)
-
-    def coefficients(self, w: torch.Tensor) -> torch.Tensor:
-        """The decoder's output layout ``(batch, 2 (2 modes + 1) (modes + 1))`` of fields ``(batch, x, y)``: their
-        ``|k_x|, |k_y| <= modes`` amplitudes (the inverse of :meth:`spectrum` on band-limited fields)."""
-        n, m = w.shape[-1], self.modes
-        w_hat = torch.fft.rfft2(w, norm="forward")
-        block = torch.cat([w_hat[:, n - m:, :m + 1], w_hat[:, :m + 1, :m + 1]], dim=1)  # k_x = -m..m
-        return torch.stack([block.real, block.imag], 1).flatten(1)
-
-    def band_limit(self, w: torch.Tensor) -> torch.Tensor:
-        """Fields ``w`` ``(batch, x, y)`` kept to the decoder's band ``|k_x|, |k_y| <= modes``."""
-        n = w.shape[-1]
-        return torch.fft.irfft2(self._place(self.coefficients(w), n), s=(n, n), norm="forward")
-
-    @torch.no_grad()
-    def init_linear(self, mean: torch.Tensor, modes: torch.Tensor) -> None:
-        """The linear path as ``w = mean + z @ modes``: band-limited fields ``mean`` ``(x, y)``, ``modes``
-        ``(latent, x, y)``."""
-        self.linear_weight.copy_(self.coefficients(modes).T)
-        self.linear_bias.copy_(self.coefficients(mean[None])[0])
-
-    def spectrum(self, z: torch.Tensor, n: int) -> torch.Tensor:
-        """The rfft2 (``norm="forward"``) array ``(batch, n, n // 2 + 1)`` of the decoded field."""
-        if n < 2 * self.modes + 2:
-            raise ValueError(f"a {n}^2 grid cannot hold the decoder's {self.modes} modes; use n >= {2 * self.modes + 2}")
-        return self._place(self.amplitudes(z), n)
-
-    def amplitudes(self, z: torch.Tensor) -> torch.Tensor:
-        """The output layout ``(batch, 2 (2 modes + 1) (modes + 1))`` of codes ``z`` ``(batch, latent)``: the MLP's
-        Fourier amplitudes plus the linear path's (the decoded field is linear in them)."""
-        return self.net(z) + F.linear(z, self.linear_weight, self.linear_bias) if self.linear else self.net(z)
-
-    def _place(self, c: torch.Tensor, n: int) -> torch.Tensor:
-        """Output-layout coefficients ``(batch, 2 (2 modes + 1) (modes + 1))`` as an rfft2 array ``(batch, n, n // 2 + 1)``."""
-        c = c.reshape(-1, 2, *self.shape)
-        c = torch.complex(c[:, 0], c[:, 1])
-        out = torch.zeros(c.shape[0], n, n // 2 + 1, dtype=c.dtype, device=c.device)
-        m = self.modes
-        out[:, :m + 1, :m + 1] = c[:, m:]  # k_x = 0..m
-        out[:, n - m:, :m + 1] = c[:, :m]  # k_x = -m..-1
-        return out
-
-    def forward(self, z: torch.Tensor, n: int) -> torch.Tensor:
-        return torch.fft.irfft2(self.spectrum(z, n), s=(n, n), norm="forward")
-
-
-class ObservationEncoder(nn.Module):
-    """LSTM over the sensor history: ``(batch, time, sensors) -> mean, var (batch, time, latent + params)``."""
-
-    def __init__(self, sensors: int, outputs: int, hidden: int = 128, layers: int = 2) -> None:
-        super().__init__()
-        self.embed = nn.Sequential(nn.Linear(sensors, hidden), nn.GELU())
-        self.lstm = nn.LSTM(hidden, hidden, num_layers=layers, batch_first=True)
-        self.head = nn.Linear(hidden, 2 * outputs)
-
-    def forward(self, y: torch.Tensor, state=None):
-        h, state = self.lstm(self.embed(y), state)
-        mean, raw = self.head(h).chunk(2, dim=-1)
-        return mean, F.softplus(raw) + 1e-4, state
 
 
 @register_model("ld_ensf")
