@@ -86,8 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(closure/reynolds_likelihood.py), or each method's own (state augmentation; LD-EnSF's latent)")
     p.add_argument("--fixed-reynolds", action="store_true", help="physical-space filters keep the members' prior Re "
                    "(default: they estimate it jointly, closure.options.reynolds_prior)")
+    p.add_argument("--latent-forecast", default="model", choices=["model", "persistence"],
+                   help="LD-EnSF pure latent: the model's latent ODE, or persistence (z unchanged between "
+                        "observations: the baseline a latent ODE must beat)")
     p.add_argument("--json", type=Path, default=RESULTS / "ld_ensf_twin.json", help="results file")
     return p
+
+
+class Persistence:
+    """A model whose latent forecast is persistence (``advance`` returns ``z``); everything else is ``model``'s."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def advance(self, z: torch.Tensor, p: torch.Tensor, dt: float | None = None) -> torch.Tensor:
+        return z
 
 
 def _flow(data: str):
@@ -118,7 +134,8 @@ def _run_method(method, args, cfg, flow, obs, model, norm, model_path, times, tr
     if method == "ld_ensf_latent":
         readings = torch.stack([norm.state(obs.at(t).y.float()) for t in times])
         gen = torch.Generator().manual_seed(args.seed)
-        means, res, secs = run_latent(model, readings, times, norm.state(flow.w0.float()), gen,
+        latent = Persistence(model) if args.latent_forecast == "persistence" else model
+        means, res, secs = run_latent(latent, readings, times, norm.state(flow.w0.float()), gen,
                                       guidance=args.guidance, **_filter_options(args))
         fields = means.double() * norm.state_std + norm.state_mean
         rel = ((fields - truth64).pow(2).mean((-2, -1)).sqrt() / scale).numpy()

@@ -163,6 +163,9 @@ class LatentDynamicsModel(TrainableModel):
         """``z`` ``(batch, latent)`` after ``dt`` (default one frame) at normalised parameters ``p`` ``(batch, 1)``."""
         dt = self.frame_dt if dt is None else dt
         substeps = max(1, round(self.ode_substeps * dt / self.frame_dt))
+        if self.tendency is not None:  # the projected equations' stiffness follows the flow's speed (CFL)
+            with torch.no_grad():
+                substeps = max(substeps, self.tendency.substeps(self.decode(z), dt))
         return rk4(self.vector_field, z, p, dt, substeps)
 
     def vector_field(self, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

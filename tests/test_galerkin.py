@@ -113,3 +113,18 @@ def test_galerkin_options_are_checked_against_the_model_and_the_data():
     noisy = {"config": yaml.safe_dump({"flow": {**flow["flow"], "noise": {"amplitude": 0.1}}})}
     with pytest.raises(ValueError, match="deterministic"):
         check_galerkin_flow(noisy, {"drag": 0.1, "forcing": FORCING})
+
+
+def test_substeps_follow_the_flows_speed():
+    """``w = A cos(3 x)`` has the speed ``|v| = |A sin(3 x) / 3|``, at most ``A / 3``; the RK4 substeps over ``dt``
+    are ``ceil(dt (A / 3) k_max / CFL)`` with ``k_max = N // 3`` (box 2 pi)."""
+    from latent.galerkin import CFL
+
+    tendency = VorticityTendency(N, drag=0.1, forcing=FORCING)
+    tendency.set_normalization(MEAN, STD)
+    x = torch.arange(N, dtype=torch.float64) * 2 * math.pi / N
+    wave = torch.cos(3 * x)[:, None].expand(N, N)
+    for amplitude in (3.7, 37.0, 370.0):
+        w = ((amplitude * wave - MEAN) / STD)[None]
+        assert float(tendency.max_speed(w)) == pytest.approx(amplitude / 3, rel=1e-10)
+        assert tendency.substeps(w, 0.2) == math.ceil(0.2 * amplitude / 3 * (N // 3) / CFL)

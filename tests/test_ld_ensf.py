@@ -569,6 +569,15 @@ def test_twin_benchmark_runs_every_method_and_records_its_setup(tiny_data, tmp_p
         assert len(row["rel_curve"]) == 4, name
     assert 0.5 < result["methods"]["none"]["rel_end"] < 2
     assert np.isfinite(result["methods"]["ld_ensf"]["rel_end"]) and out.with_suffix(".md").exists()
+    still = tmp_path / "still.json"  # the persistence baseline: the same filter, the latent unchanged between cycles
+    assert twin.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tiny_data), "--truths", "0",
+                      "--members", "4", "--cycles", "3", "--steps", "5", "--observation", "sensors", "--kernel", "0.2",
+                      "--parameter", "separate", "--methods", "ld_ensf_latent", "--latent-forecast", "persistence",
+                      "--json", str(still)]) == 0
+    still = json.loads(still.read_text())
+    assert still["setup"]["latent_forecast"] == "persistence"
+    curve, moved = still["methods"]["ld_ensf_latent"]["rel_curve"], result["methods"]["ld_ensf_latent"]["rel_curve"]
+    assert curve[0] == pytest.approx(moved[0]) and curve[1:] != pytest.approx(moved[1:])  # the first cycle has no forecast
     parts = benchmark("ld_ensf_components")  # the same model's parts; without a start perturbation the two ODE
     for noise in (0.0, 1.0):                 # rows agree, with one they differ; persistence is its own row
         assert parts.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tiny_data), "--count", "1",
