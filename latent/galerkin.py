@@ -87,11 +87,23 @@ class VorticityTendency(nn.Module):
         if w.shape[-2:] != (self.n, self.n) or w.dim() != 3 or reynolds.shape != w.shape[:1]:
             raise ValueError(f"need fields (batch, {self.n}, {self.n}) and one Re each (batch,); got "
                              f"{tuple(w.shape)} and {tuple(reynolds.shape)}")
-        grid, eq = self.equation(w)
+        grid, _ = self.equation(w)
+        return grid.irfft(self.spectral(grid.rfft(w), reynolds))
+
+    def spectral(self, w_hat: torch.Tensor, reynolds: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on rfft2 arrays (``norm="forward"``) ``(batch, n, n // 2 + 1)``: no transforms of the
+        input or output (the latent model's spectral decoder and projection use them directly)."""
+        if w_hat.shape[-2:] != (self.n, self.n // 2 + 1) or w_hat.dim() != 3 or reynolds.shape != w_hat.shape[:1]:
+            raise ValueError(f"need rfft2 arrays (batch, {self.n}, {self.n // 2 + 1}) and one Re each (batch,); got "
+                             f"{tuple(w_hat.shape)} and {tuple(reynolds.shape)}")
+        grid, eq = self.equation(w_hat.real)
         eq.set_viscosity(1.0 / reynolds.detach().to(torch.float64))
-        mean, std = self.state_mean.to(w.dtype), self.state_std.to(w.dtype)
-        w_hat = grid.rfft(w * std + mean)
-        return grid.irfft(eq.explicit_terms(w_hat) + eq.implicit_terms(w_hat)) / std
+        dtype = w_hat.real.dtype
+        mean, std = self.state_mean.to(dtype), self.state_std.to(dtype)
+        offset = torch.zeros(w_hat.shape[-2:], dtype=w_hat.dtype, device=w_hat.device)
+        offset[0, 0] = mean
+        w_hat = w_hat * std + offset
+        return (eq.explicit_terms(w_hat) + eq.implicit_terms(w_hat)) / std
 
 
 def check_galerkin_flow(attrs: dict, kwargs: dict) -> None:

@@ -174,8 +174,32 @@ class LatentDynamicsModel(TrainableModel):
         out = self.field(z, p)
         if self.tendency is None:
             return out
-        dw = self.tendency(self.decode(z), self.reynolds_from(p[:, 0]))
-        return out + F.linear(dw.flatten(1).to(z.dtype), self.encoder.linear_weight)
+        dw_hat = self.tendency.spectral(self.decoder.spectrum(z, self.n), self.reynolds_from(p[:, 0]))
+        projection = self._projection(z)
+        if projection is None:  # rows with energy outside the band: on the grid
+            return out + F.linear(torch.fft.irfft2(dw_hat, s=(self.n, self.n), norm="forward").flatten(1),
+                                  self.encoder.linear_weight)
+        return out + F.linear(self.decoder.band(dw_hat), projection)
+
+    def _projection(self, like: torch.Tensor) -> torch.Tensor | None:
+        """The encoder's linear rows as a map of the decoder's band coefficients ``(latent, coefficients)``
+        (Parseval: ``P w = n^2 sum weights * band(P) * band(w)``), or None when the rows are not band-limited;
+        cached per device, dtype and version of the rows."""
+        rows = self.encoder.linear_weight
+        key = (like.device, like.dtype, rows._version, rows.data_ptr())
+        cache = self.__dict__.get("_projection_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                fields = rows.to(torch.float64).reshape(-1, self.n, self.n)
+                band = self.decoder.coefficients(fields)
+                kept = float((band.pow(2) * self.decoder.band_weights(band)).sum()) * self.n ** 2
+                total = float(fields.pow(2).sum())
+                matrix = None
+                if total == 0 or abs(kept - total) <= 1e-9 * total:
+                    matrix = (band * self.decoder.band_weights(band) * self.n ** 2).to(like)
+            cache = (key, matrix)
+            self.__dict__["_projection_cache"] = cache
+        return cache[1]
 
     def standardize(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.z_mean) / self.z_std

@@ -74,10 +74,21 @@ class SpectralDecoder(nn.Module):
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
         """The decoder's output layout ``(batch, 2 (2 modes + 1) (modes + 1))`` of fields ``(batch, x, y)``: their
         ``|k_x|, |k_y| <= modes`` amplitudes (the inverse of :meth:`spectrum` on band-limited fields)."""
-        n, m = w.shape[-1], self.modes
-        w_hat = torch.fft.rfft2(w, norm="forward")
+        return self.band(torch.fft.rfft2(w, norm="forward"))
+
+    def band(self, w_hat: torch.Tensor) -> torch.Tensor:
+        """:meth:`coefficients` of an rfft2 array (``norm="forward"``) ``(batch, n, n // 2 + 1)``."""
+        n, m = w_hat.shape[-2], self.modes
         block = torch.cat([w_hat[:, n - m:, :m + 1], w_hat[:, :m + 1, :m + 1]], dim=1)  # k_x = -m..m
         return torch.stack([block.real, block.imag], 1).flatten(1)
+
+    def band_weights(self, like: torch.Tensor) -> torch.Tensor:
+        """``(2 (2 modes + 1) (modes + 1),)``: how often each output-layout coefficient counts in a sum over the
+        full spectrum of a real field (1 for ``k_y = 0``, 2 for ``k_y > 0``, whose conjugates the rfft omits), so
+        that ``sum_x a(x) b(x) = n^2 sum band_weights * coefficients(a) * coefficients(b)`` for band-limited ``a``."""
+        weights = torch.full((2, *self.shape), 2.0, dtype=like.dtype, device=like.device)
+        weights[:, :, 0] = 1.0
+        return weights.flatten()
 
     def band_limit(self, w: torch.Tensor) -> torch.Tensor:
         """Fields ``w`` ``(batch, x, y)`` kept to the decoder's band ``|k_x|, |k_y| <= modes``."""

@@ -67,6 +67,7 @@ def test_latent_galerkin_tendency_is_the_projected_solver_tendency():
     z = 60 * torch.randn(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     reynolds = torch.tensor([55.0, 100.0, 150.0], dtype=torch.float64)
     rate = model.vector_field(z, model.normalize_params(reynolds)[:, None])
+    assert model._projection(z) is not None  # the band-coefficient projection, not the grid fallback
     grid = Grid(N, 2 * math.pi)
     eq = NavierStokes2D(grid, 0.01, 0.1, kolmogorov_forcing(grid, 4, 1.0))
     eq.set_viscosity(1.0 / reynolds)
@@ -128,3 +129,19 @@ def test_substeps_follow_the_flows_speed():
         w = ((amplitude * wave - MEAN) / STD)[None]
         assert float(tendency.max_speed(w)) == pytest.approx(amplitude / 3, rel=1e-10)
         assert tendency.substeps(w, 0.2) == math.ceil(0.2 * amplitude / 3 * (N // 3) / CFL)
+
+
+def test_projection_falls_back_to_the_grid_for_rows_outside_the_band():
+    """Encoder rows with energy beyond the decoder's band cannot be applied to band coefficients: the grid path,
+    ``P irfft(dw_hat)``; inside the band both paths agree."""
+    import torch.nn.functional as F
+
+    model = galerkin_model(fourier_basis([(1, 0), (0, 2)]))
+    z, p = torch.randn(3, 4, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64)
+    band = model.vector_field(z, p)
+    dw = model.tendency(model.decode(z), model.reynolds_from(p[:, 0]))
+    assert torch.allclose(band, F.linear(dw.flatten(1), model.encoder.linear_weight), atol=1e-12)
+    with torch.no_grad():  # one row gains a k = 8 component (the decoder keeps |k| <= 6)
+        model.encoder.linear_weight[0] += fourier_basis([(8, 0)])[0].flatten()
+    assert model._projection(z) is None
+    assert torch.allclose(model.vector_field(z, p), F.linear(dw.flatten(1), model.encoder.linear_weight), atol=1e-12)
