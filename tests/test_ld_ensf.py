@@ -567,6 +567,8 @@ def test_twin_benchmark_runs_every_method_and_records_its_setup(tiny_data, tmp_p
     assert result["setup"]["parameter"] == "separate" and result["setup"]["kernel"] == 0.2
     for name, row in result["methods"].items():
         assert len(row["rel_curve"]) == 4, name
+        if name not in ("none", "ld_ensf_latent"):  # a whole cycle holds the analysis and the solver's forecast
+            assert row["s_per_full_cycle"] > row["s_per_cycle"] > 0, name
     assert 0.5 < result["methods"]["none"]["rel_end"] < 2
     assert np.isfinite(result["methods"]["ld_ensf"]["rel_end"]) and out.with_suffix(".md").exists()
     still = tmp_path / "still.json"  # the persistence baseline: the same filter, the latent unchanged between cycles
