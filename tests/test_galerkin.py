@@ -13,6 +13,7 @@ from latent.models import build_model
 from solvers import Grid, NavierStokes2D
 from solvers.forcing import kolmogorov_forcing
 from solvers.rollout import rollout
+from test_ld_ensf import tiny_data  # noqa: F401  (fixture)
 from test_training import one_thread  # noqa: F401  (autouse fixture)
 
 N, MEAN, STD = 32, 0.3, 2.0
@@ -145,3 +146,24 @@ def test_projection_falls_back_to_the_grid_for_rows_outside_the_band():
         model.encoder.linear_weight[0] += fourier_basis([(8, 0)])[0].flatten()
     assert model._projection(z) is None
     assert torch.allclose(model.vector_field(z, p), F.linear(dw.flatten(1), model.encoder.linear_weight), atol=1e-12)
+
+
+def test_training_a_galerkin_model_records_the_datas_units_and_checks_its_flow(tiny_data, tmp_path, capsys):
+    """Through the shared pipeline: both phases run, the checkpoint's projected equations carry the data's
+    normalisation, and a model whose drag is not the data's is refused naming the fix."""
+    import train_closure
+    from latent.checkpoint import load_checkpoint
+
+    kwargs = ("model.kwargs={latent: 4, width: 4, modes: 6, hidden: 16, ode_hidden: 16, lstm_hidden: 8, n: 32, "
+              "length: 6.283185307179586, window: 3, dynamics_epochs: 1, sensors: 'regular:4x4', pod: true, "
+              "freeze_autoencoder: true, dynamics: galerkin, drag: %s, "
+              "forcing: {kind: kolmogorov, params: {k_f: 4, amplitude: 1.0}}}")
+    common = ["train", "--config", "configs/train_ld_ensf_galerkin.yaml", "--data", str(tiny_data), "--quiet",
+              "--epochs", "2", "--set", "batch_size=2"]
+    assert train_closure.main([*common, "--set", kwargs % 0.1, "--out", str(tmp_path / "run")]) == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    model = ckpt.build_model()
+    assert float(model.tendency.state_std) == pytest.approx(ckpt.normalization.state_std, rel=1e-6)
+    assert float(model.tendency.state_mean) == pytest.approx(ckpt.normalization.state_mean, abs=1e-6)
+    assert train_closure.main([*common, "--set", kwargs % 0.3, "--out", str(tmp_path / "bad")]) == 2
+    assert "model.kwargs.drag=0.1" in capsys.readouterr().err
