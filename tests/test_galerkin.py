@@ -31,7 +31,7 @@ def galerkin_model(basis: torch.Tensor):
     mean = torch.full((N, N), -MEAN / STD, dtype=torch.float64)
     model.encoder.init_linear(mean.flatten(), basis.flatten(1))
     model.decoder.init_linear(mean, basis)
-    return model
+    return model.requires_grad_(False)
 
 
 def fourier_basis(wavevectors) -> torch.Tensor:
