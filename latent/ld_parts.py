@@ -110,8 +110,25 @@ class SpectralDecoder(nn.Module):
 
     def amplitudes(self, z: torch.Tensor) -> torch.Tensor:
         """The output layout ``(batch, 2 (2 modes + 1) (modes + 1))`` of codes ``z`` ``(batch, latent)``: the MLP's
-        Fourier amplitudes plus the linear path's (the decoded field is linear in them)."""
-        return self.net(z) + F.linear(z, self.linear_weight, self.linear_bias) if self.linear else self.net(z)
+        Fourier amplitudes plus the linear path's (the decoded field is linear in them). The MLP is skipped when
+        its output layer is zero (a frozen POD start) and no gradient can reach it."""
+        if not self.linear:
+            return self.net(z)
+        linear = F.linear(z, self.linear_weight, self.linear_bias)
+        return linear if self._net_is_zero() else self.net(z) + linear
+
+    def _net_is_zero(self) -> bool:
+        """Whether the MLP's output is identically zero and needs no gradient (cached per version of its last
+        layer's tensors)."""
+        last = self.net[-1]
+        if torch.is_grad_enabled() and (last.weight.requires_grad or last.bias.requires_grad):
+            return False
+        key = (last.weight._version, last.bias._version, last.weight.data_ptr(), last.bias.data_ptr())
+        cache = self.__dict__.get("_zero_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, not bool(last.weight.any()) and not bool(last.bias.any()))
+            self.__dict__["_zero_cache"] = cache
+        return cache[1]
 
     def _place(self, c: torch.Tensor, n: int) -> torch.Tensor:
         """Output-layout coefficients ``(batch, 2 (2 modes + 1) (modes + 1))`` as an rfft2 array ``(batch, n, n // 2 + 1)``."""

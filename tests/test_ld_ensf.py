@@ -105,7 +105,7 @@ def test_pod_option_starts_the_autoencoder_at_the_band_limited_pod():
     inside = 0.3 + torch.einsum("bl,lxy->bxy", torch.randn(4, latent, dtype=torch.float64), basis_fields)
     assert torch.allclose(model.predict(inside), inside, atol=1e-9)
     outside = smooth(4) + 0.3
-    recon = model.predict(outside)
+    recon = model.predict(outside).detach()
     residual = (outside - recon).flatten(1)
     span = (basis_fields.flatten(1)).T  # residual is orthogonal to the modes' span
     assert float((residual @ span).abs().max()) < 1e-8 * float(residual.norm() * span.norm())
@@ -124,7 +124,7 @@ def test_observer_loss_weighs_the_parameter_by_param_weight():
         model.begin_epoch(5)  # phase 2
         torch.manual_seed(3)
         total, terms = model.loss(w, re)
-        losses.append((float(total), terms))
+        losses.append((float(total.detach()), terms))
     (l1, t1), (l5, t5) = losses
     assert float(t1["re_mse"]) > 0 and float(t1["re_mse"]) == float(t5["re_mse"])
     assert l1 == pytest.approx(float(t1["mse"] + t1["re_mse"] + t1["nll"]), rel=1e-12)
@@ -158,12 +158,28 @@ def test_windows_draws_several_windows_per_trajectory():
         model = tiny_model(windows=windows, shifts="none").double()
         model.begin_epoch(0)
         torch.manual_seed(4)
-        return float(model.loss(w, re)[0])
+        return float(model.loss(w, re)[0].detach())
 
     twice = loss(1, w.expand(2, -1, -1, -1), re.expand(2, 1))
     assert loss(2, w, re) == pytest.approx(twice, rel=1e-12) and twice != pytest.approx(loss(1, w, re), rel=1e-6)
     with pytest.raises(ValueError, match="windows"):
         tiny_model(windows=0)
+
+
+def test_decoder_skips_its_zero_mlp_only_where_no_gradient_needs_it():
+    """A POD-started decoder's MLP outputs zero: skipped at inference (same amplitudes), kept while it trains (its
+    output layer gets a gradient), used again once it is nonzero."""
+    model = tiny_model(pod=True).double()
+    dec, z = model.decoder, torch.randn(3, 6, dtype=torch.float64)
+    with torch.no_grad():
+        assert dec._net_is_zero() and torch.equal(dec.amplitudes(z), dec.net(z) + dec.amplitudes(z))
+    dec.amplitudes(z).sum().backward()
+    assert dec.net[-1].weight.grad is not None and dec.net[-1].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        dec.net[-1].bias.fill_(0.25)
+        assert not dec._net_is_zero()
+        linear = torch.nn.functional.linear(z, dec.linear_weight, dec.linear_bias)
+        assert torch.allclose(dec.amplitudes(z), dec.net(z) + linear)
 
 
 @pytest.fixture(scope="module")
