@@ -167,3 +167,14 @@ def test_training_a_galerkin_model_records_the_datas_units_and_checks_its_flow(t
     assert float(model.tendency.state_mean) == pytest.approx(ckpt.normalization.state_mean, abs=1e-6)
     assert train_closure.main([*common, "--set", kwargs % 0.3, "--out", str(tmp_path / "bad")]) == 2
     assert "model.kwargs.drag=0.1" in capsys.readouterr().err
+    from test_benchmarks import benchmark  # fits to the exact tendency: the projection itself fits it exactly
+
+    fit = benchmark("latent_tendency_fit")
+    out = tmp_path / "fit.json"
+    assert fit.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(tiny_data), "--width", "8",
+                     "--epochs", "1", "--json", str(out)]) == 0
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    assert rows["exact"]["tendency_rel_error"] == 0 and 0 < rows["linear"]["tendency_rel_error"]
+    assert set(rows) == {"persistence", "exact", "linear", "mlp 8"} and len(rows["exact"]["one_frame"]) == 1
