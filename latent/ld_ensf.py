@@ -125,6 +125,10 @@ class LatentFilter:
         m = self.model
         z = m.unstandardize(self.x[:, :-1].to(m.z_mean))
         z = m.advance(z, self.x[:, -1:].to(z), interval)
+        if not bool(torch.isfinite(z).all()):
+            raise FloatingPointError(f"the latent forecast over {interval:g} time units gave non-finite codes: the "
+                                     "latent ODE diverged from the analysis members (a neural ODE off its training "
+                                     "codes, or too few RK4 steps: raise model.kwargs.ode_substeps)")
         self.x = torch.cat([m.standardize(z).to(torch.float64), self.x[:, -1:]], 1)
         self.jitter_parameters()
 

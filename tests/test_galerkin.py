@@ -178,3 +178,14 @@ def test_training_a_galerkin_model_records_the_datas_units_and_checks_its_flow(t
     rows = json.loads(out.read_text())["rows"]
     assert rows["exact"]["tendency_rel_error"] == 0 and 0 < rows["linear"]["tendency_rel_error"]
     assert set(rows) == {"persistence", "exact", "linear", "mlp 8"} and len(rows["exact"]["one_frame"]) == 1
+
+
+@pytest.mark.gpu
+def test_latent_galerkin_runs_on_cuda_as_on_cpu():
+    """The projected equations build their grid on the codes' device: the CUDA forecast equals the CPU one."""
+    model = galerkin_model(fourier_basis([(1, 0), (0, 1), (1, 1), (0, 4)]))
+    z = 20 * torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    p = torch.tensor([[-0.5], [0.0], [0.7]], dtype=torch.float64)
+    cpu = model.advance(z, p, 0.2)
+    gpu = model.to("cuda").advance(z.cuda(), p.cuda(), 0.2)
+    assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, rtol=1e-9, atol=1e-9)

@@ -490,6 +490,19 @@ def test_a_diverging_analysis_is_a_clear_error():
     assert bool(torch.isfinite(filt.x).all()) and filt.x.abs().max() < 100
 
 
+def test_a_diverging_latent_forecast_is_a_clear_error(monkeypatch):
+    """A latent ODE that blows up (here: one returning inf) stops the filter naming the forecast, and the members
+    are left as they were, not handed on as NaN to the analysis."""
+    model = _linear_decoder_model()
+    filt = LatentFilter(model, 5, torch.Generator().manual_seed(0), steps=10)
+    filt.x = torch.randn(5, 9, dtype=torch.float64)
+    start = filt.x.clone()
+    monkeypatch.setattr(model, "advance", lambda z, p, dt=None: z * float("inf"))
+    with pytest.raises(FloatingPointError, match="latent ODE diverged"):
+        filt.forecast(0.2)
+    assert torch.equal(filt.x, start)
+
+
 @pytest.mark.parametrize("reynolds", ["likelihood", "latent"])
 def test_plugin_runs_hybrid_sets_viscosities_and_checks_sensors(tmp_path, reynolds):
     """Both Re estimates (``latent``, the default: the filter's; ``likelihood``: the base class's grid likelihood)."""
