@@ -34,7 +34,7 @@ FRAMES = (1, 10, 20, 40)
 
 
 def codes(model, norm, data: str, split: str):
-    """Normalised fields ``(traj, time, x, y)``, their codes ``(traj, time, latent)`` and normalised Re ``(traj, 1)``."""
+    """Normalised fields ``(traj, time, x, y)``, their codes ``(traj, time, latent)``, normalised Re ``(traj, 1)``."""
     d = read_trajectories(data, split)
     w = norm.state(d.state).float()
     with torch.no_grad():

@@ -34,7 +34,8 @@ CFL = 4.0  # RK4 substeps: dt max|u| k_max / substeps at most this (VorticityTen
 
 class VorticityTendency(nn.Module):
     """``dw/dt`` ``(batch, n, n)`` of normalised vorticity fields at per-field Reynolds numbers (module
-    docstring). ``forcing``: ``{"kind": ..., "params": {...}}`` as a flow config's (:func:`solvers.forcing.make_forcing`)
+    docstring). ``forcing``: ``{"kind": ..., "params": {...}}`` as a flow config's
+    (:func:`solvers.forcing.make_forcing`)
     or None; the normalisation lives in buffers (saved with the model)."""
 
     def __init__(self, n: int, length: float = 2 * math.pi, drag: float = 0.0, forcing: dict | None = None) -> None:
@@ -122,7 +123,8 @@ def check_galerkin_flow(attrs: dict, kwargs: dict) -> None:
 
     def forcing(spec):
         spec = dict(spec or {"kind": "none"})
-        return {"kind": spec.get("kind", "none"), "params": {k: float(v) for k, v in (spec.get("params") or {}).items()}}
+        params = {k: float(v) for k, v in (spec.get("params") or {}).items()}
+        return {"kind": spec.get("kind", "none"), "params": params}
 
     want = {"drag": float(flow.get("drag", 0.0)), "forcing": forcing(flow.get("forcing"))}
     given = {"drag": float(kwargs.get("drag", 0.0)), "forcing": forcing(kwargs.get("forcing"))}
