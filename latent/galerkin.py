@@ -35,8 +35,7 @@ CFL = 4.0  # RK4 substeps: dt max|u| k_max / substeps at most this (VorticityTen
 class VorticityTendency(nn.Module):
     """``dw/dt`` ``(batch, n, n)`` of normalised vorticity fields at per-field Reynolds numbers (module
     docstring). ``forcing``: ``{"kind": ..., "params": {...}}`` as a flow config's
-    (:func:`solvers.forcing.make_forcing`)
-    or None; the normalisation lives in buffers (saved with the model)."""
+    (:func:`solvers.forcing.make_forcing`) or None; the normalisation lives in buffers (saved with the model)."""
 
     def __init__(self, n: int, length: float = 2 * math.pi, drag: float = 0.0, forcing: dict | None = None) -> None:
         super().__init__()
