@@ -23,6 +23,8 @@ import torch
 import yaml
 from torch import nn
 
+from solvers import spectral
+from solvers.config import build_dataclass
 from solvers.forcing import make_forcing
 from solvers.grid import Grid
 from solvers.navier_stokes import NavierStokes2D
@@ -44,12 +46,12 @@ class VorticityTendency(nn.Module):
             raise ValueError(f"forcing takes 'kind' and 'params', got {sorted(forcing)}")
         self.n, self.length, self.drag = int(n), float(length), float(drag)
         self.forcing = {"kind": forcing.get("kind", "none"), "params": dict(forcing.get("params") or {})}
-        self._check(Grid(self.n, self.length))  # a bad forcing or drag fails at construction, not at the first step
+        self._build(Grid(self.n, self.length))  # a bad forcing or drag fails at construction, not at the first step
         self.register_buffer("state_mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("state_std", torch.ones((), dtype=torch.float64))
         self._cache: tuple | None = None
 
-    def _check(self, grid: Grid) -> NavierStokes2D:
+    def _build(self, grid: Grid) -> NavierStokes2D:
         force = make_forcing(grid, self.forcing["kind"], **self.forcing["params"])
         return NavierStokes2D(grid, 0.0, self.drag, force)
 
@@ -66,23 +68,23 @@ class VorticityTendency(nn.Module):
         key = (like.device, like.dtype)
         if self._cache is None or self._cache[0] != key:
             grid = Grid(self.n, self.length, device=like.device, dtype=like.dtype)
-            self._cache = (key, grid, self._check(grid))
+            self._cache = (key, grid, self._build(grid))
         return self._cache[1], self._cache[2]
 
-    def max_speed(self, w: torch.Tensor) -> torch.Tensor:
-        """The largest velocity magnitude ``(batch,)`` of normalised fields ``(batch, x, y)``, physical units."""
-        grid, eq = self.equation(w)
-        w_hat = grid.rfft(w * self.state_std.to(w.dtype) + self.state_mean.to(w.dtype))
-        u = grid.irfft(w_hat.unsqueeze(-3) * eq._to_fields[1:])  # (batch, 2, x, y)
-        return u.pow(2).sum(-3).sqrt().amax((-2, -1))
+    def max_speed(self, w_hat: torch.Tensor) -> torch.Tensor:
+        """The largest velocity magnitude ``(batch,)``, physical units, of normalised fields given by their rfft2
+        arrays (``norm="forward"``) ``(batch, n, n // 2 + 1)`` (the mean adds no velocity)."""
+        grid, _ = self.equation(w_hat.real)
+        u_hat, v_hat = spectral.velocity_hat(w_hat * self.state_std.to(w_hat.real.dtype), grid)
+        return (grid.irfft(u_hat).pow(2) + grid.irfft(v_hat).pow(2)).sqrt().amax((-2, -1))
 
-    def substeps(self, w: torch.Tensor, dt: float, cfl: float = CFL) -> int:
-        """RK4 steps over ``dt`` for fields ``w`` ``(batch, x, y)``: ``dt max|u| k_max / substeps <= cfl`` with
+    def substeps(self, w_hat: torch.Tensor, dt: float, cfl: float = CFL) -> int:
+        """RK4 steps over ``dt`` for fields ``w_hat`` (as :meth:`max_speed`): ``dt max|u| k_max / substeps <= cfl`` with
         ``k_max`` the 2/3 rule's largest wavenumber (``CFL`` 4, above RK4's 2.8 on the imaginary axis because the
         fields' energy sits well below ``k_max``: on the E3 training frames, whose speed reaches 9, 8 steps per
         0.2 time units never blew up in four-frame rollouts and 4 did on 5 of 150 trajectories)."""
         k_max = (self.n // 3) * 2 * math.pi / self.length
-        return max(1, math.ceil(dt * float(self.max_speed(w).max()) * k_max / cfl))
+        return max(1, math.ceil(dt * float(self.max_speed(w_hat).max()) * k_max / cfl))
     def forward(self, w: torch.Tensor, reynolds: torch.Tensor) -> torch.Tensor:
         if w.shape[-2:] != (self.n, self.n) or w.dim() != 3 or reynolds.shape != w.shape[:1]:
             raise ValueError(f"need fields (batch, {self.n}, {self.n}) and one Re each (batch,); got "
@@ -110,23 +112,25 @@ def check_galerkin_flow(attrs: dict, kwargs: dict) -> None:
     """``ValueError`` naming the ``--set`` fix unless the model kwargs' ``drag`` and ``forcing`` are those of the
     dataset's flow (root ``attrs``' resolved config), which must be deterministic and 2/3-dealiased: the projected
     equations must be the ones that made the data."""
-    flow = (yaml.safe_load(attrs.get("config") or "") or {}).get("flow") or {}
-    if not flow:
-        raise ValueError("dynamics 'galerkin' needs the data's flow (drag, forcing), but the file records no config; "
-                         "regenerate it with train_closure.py generate-parametric")
-    if flow.get("noise") or flow.get("dealias", True) not in (True, "2/3") or (flow.get("forcing") or {}).get(
-            "filter", "none") != "none":
+    from solvers.parametric import ParametricConfig
+
+    try:
+        flow = build_dataclass(ParametricConfig, yaml.safe_load(attrs.get("config") or "")).flow
+    except (ValueError, TypeError, yaml.YAMLError) as err:
+        raise ValueError(f"dynamics 'galerkin' needs the data's flow (drag, forcing), but its recorded config does not "
+                         f"read ({err}); regenerate it with train_closure.py generate-parametric") from None
+    if flow.noise or flow.dealias not in (True, "2/3") or flow.forcing.filter != "none":
         raise ValueError("dynamics 'galerkin' projects a deterministic, 2/3-dealiased flow with an unfiltered forcing; "
-                         f"this data's flow has noise {flow.get('noise')}, dealias {flow.get('dealias', True)}: use "
-                         "model.kwargs.dynamics=neural")
+                         f"this data's flow has noise {flow.noise}, dealias {flow.dealias}, forcing filter "
+                         f"{flow.forcing.filter}: use model.kwargs.dynamics=neural")
 
-    def forcing(spec):
-        spec = dict(spec or {"kind": "none"})
-        params = {k: float(v) for k, v in (spec.get("params") or {}).items()}
-        return {"kind": spec.get("kind", "none"), "params": params}
+    def floats(params):
+        return {k: float(v) for k, v in (params or {}).items()}
 
-    want = {"drag": float(flow.get("drag", 0.0)), "forcing": forcing(flow.get("forcing"))}
-    given = {"drag": float(kwargs.get("drag", 0.0)), "forcing": forcing(kwargs.get("forcing"))}
+    spec = kwargs.get("forcing") or {}
+    want = {"drag": float(flow.drag), "forcing": {"kind": flow.forcing.kind, "params": floats(flow.forcing.params)}}
+    given = {"drag": float(kwargs.get("drag", 0.0)),
+             "forcing": {"kind": spec.get("kind", "none"), "params": floats(spec.get("params"))}}
     if want != given:
         raise ValueError(f"dynamics 'galerkin' must project the data's equations: the data has drag {want['drag']} and "
                          f"forcing {want['forcing']}, the model {given['drag']} and {given['forcing']}; set "

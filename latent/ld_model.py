@@ -165,7 +165,7 @@ class LatentDynamicsModel(TrainableModel):
         substeps = max(1, round(self.ode_substeps * dt / self.frame_dt))
         if self.tendency is not None:  # the projected equations' stiffness follows the flow's speed (CFL)
             with torch.no_grad():
-                substeps = max(substeps, self.tendency.substeps(self.decode(z), dt))
+                substeps = max(substeps, self.tendency.substeps(self.decoder.spectrum(z, self.n), dt))
         return rk4(self.vector_field, z, p, dt, substeps)
 
     def vector_field(self, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

@@ -105,16 +105,18 @@ def test_galerkin_options_are_checked_against_the_model_and_the_data():
         tendency.set_normalization(0.0, 0.0)
     with pytest.raises(ValueError, match=r"\(batch,\)"):
         tendency(torch.zeros(2, N, N), torch.ones(3))
-    flow = {"flow": {"drag": 0.1, "forcing": {"kind": "kolmogorov", "params": {"k_f": 4, "amplitude": 1.0}}}}
+    flow = {"flow": {"drag": 0.1, "dt": 0.01, "forcing": FORCING}}
     attrs = {"config": yaml.safe_dump(flow)}
     check_galerkin_flow(attrs, {"drag": 0.1, "forcing": FORCING})
     with pytest.raises(ValueError, match="model.kwargs.drag=0.1"):
         check_galerkin_flow(attrs, {"drag": 0.2, "forcing": FORCING})
     with pytest.raises(ValueError, match="forcing"):
         check_galerkin_flow(attrs, {"drag": 0.1})
-    noisy = {"config": yaml.safe_dump({"flow": {**flow["flow"], "noise": {"amplitude": 0.1}}})}
+    noisy = {"config": yaml.safe_dump({"flow": {**flow["flow"], "noise": {"sigma": 0.1}}})}
     with pytest.raises(ValueError, match="deterministic"):
         check_galerkin_flow(noisy, {"drag": 0.1, "forcing": FORCING})
+    with pytest.raises(ValueError, match="regenerate"):  # no flow recorded
+        check_galerkin_flow({"config": "flow: {dt: null}"}, {"drag": 0.1, "forcing": FORCING})
 
 
 def test_substeps_follow_the_flows_speed():
@@ -127,9 +129,9 @@ def test_substeps_follow_the_flows_speed():
     x = torch.arange(N, dtype=torch.float64) * 2 * math.pi / N
     wave = torch.cos(3 * x)[:, None].expand(N, N)
     for amplitude in (3.7, 37.0, 370.0):
-        w = ((amplitude * wave - MEAN) / STD)[None]
-        assert float(tendency.max_speed(w)) == pytest.approx(amplitude / 3, rel=1e-10)
-        assert tendency.substeps(w, 0.2) == math.ceil(0.2 * amplitude / 3 * (N // 3) / CFL)
+        w_hat = torch.fft.rfft2(((amplitude * wave - MEAN) / STD)[None], norm="forward")
+        assert float(tendency.max_speed(w_hat)) == pytest.approx(amplitude / 3, rel=1e-10)
+        assert tendency.substeps(w_hat, 0.2) == math.ceil(0.2 * amplitude / 3 * (N // 3) / CFL)
 
 
 def test_projection_falls_back_to_the_grid_for_rows_outside_the_band():
